@@ -1,0 +1,287 @@
+//! AdmissionReview v1 in and out. The body is parsed once, straight into the policy engine's
+//! value type; the few fields mlguard routes on are read from that value. Replies are built
+//! with `kube::core::admission`.
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
+use regorus::Value;
+
+use crate::policy::verdict::Verdict;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// Why a body is not a usable AdmissionReview. Each becomes an HTTP 400 with this text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReviewError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
+    NotAReview(String),
+    #[error("AdmissionReview has no `request`; the API server always sends one")]
+    MissingRequest,
+    #[error("AdmissionReview request has no `uid`; the response must echo it")]
+    MissingUid,
+}
+
+/// An AdmissionReview request, parsed once.
+#[derive(Debug, Clone)]
+pub struct ParsedReview {
+    pub api_version: String,
+    pub uid: String,
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub resource: String,
+    pub sub_resource: String,
+    pub namespace: String,
+    /// The object's name, or `generateName` + `*` for pods a controller is creating.
+    pub name: String,
+    pub operation: String,
+    pub user: String,
+    pub dry_run: bool,
+    /// The AdmissionRequest as the policies see it (`input.review`), without managedFields.
+    pub request: Value,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Removes `metadata.managedFields`: policies never read it and it is often the largest part
+/// of an object, so converting it would cost time on every request.
+fn drop_managed_fields(request: &mut Value) {
+    let Ok(req) = request.as_object_mut() else { return };
+    for key in ["object", "oldObject"] {
+        if let Some(object) = req.get_mut(&Value::from(key)) {
+            if let Ok(obj) = object.as_object_mut() {
+                if let Some(meta) = obj.get_mut(&Value::from("metadata")) {
+                    if let Ok(m) = meta.as_object_mut() {
+                        m.remove(&Value::from("managedFields"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
+    let text_body = std::str::from_utf8(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    let mut review =
+        Value::from_json_str(text_body).map_err(|e| ReviewError::NotJson(format!("{e:#}")))?;
+    if !matches!(review, Value::Object(_)) {
+        return Err(ReviewError::NotAReview("expected a JSON object".into()));
+    }
+    let api_version = text(&review["apiVersion"]);
+    let kind = text(&review["kind"]);
+    if kind != "AdmissionReview" || api_version != API_VERSION {
+        return Err(ReviewError::NotAReview(format!(
+            "got apiVersion {api_version:?}, kind {kind:?}; configure the webhook with \
+             admissionReviewVersions: [v1]"
+        )));
+    }
+    let mut request = match review.as_object_mut() {
+        Ok(map) => map.remove(&Value::from("request")),
+        Err(_) => None,
+    }
+    .filter(|r| matches!(r, Value::Object(_)))
+    .ok_or(ReviewError::MissingRequest)?;
+    let uid = text(&request["uid"]);
+    if uid.is_empty() {
+        return Err(ReviewError::MissingUid);
+    }
+    drop_managed_fields(&mut request);
+    let object = &request["object"];
+    let name = match text(&object["metadata"]["name"]) {
+        n if !n.is_empty() => n,
+        _ => match text(&request["name"]) {
+            n if !n.is_empty() => n,
+            _ => match text(&object["metadata"]["generateName"]) {
+                g if !g.is_empty() => format!("{g}*"),
+                _ => String::new(),
+            },
+        },
+    };
+    let namespace = match text(&request["namespace"]) {
+        n if !n.is_empty() => n,
+        _ => text(&object["metadata"]["namespace"]),
+    };
+    Ok(ParsedReview {
+        api_version,
+        uid,
+        group: text(&request["kind"]["group"]),
+        version: text(&request["kind"]["version"]),
+        kind: text(&request["kind"]["kind"]),
+        resource: text(&request["resource"]["resource"]),
+        sub_resource: text(&request["subResource"]),
+        namespace,
+        name,
+        operation: text(&request["operation"]),
+        user: text(&request["userInfo"]["username"]),
+        dry_run: matches!(request["dryRun"], Value::Bool(true)),
+        request,
+    })
+}
+
+impl ParsedReview {
+    /// Only CREATE and UPDATE of Pods and Jobs reach the policies; everything else (other
+    /// kinds, DELETE, CONNECT, subresources such as pods/status) is allowed unchanged.
+    pub fn is_policy_subject(&self) -> bool {
+        let kind_ok = matches!(
+            (self.group.as_str(), self.kind.as_str()),
+            ("", "Pod") | ("batch", "Job")
+        );
+        kind_ok
+            && self.sub_resource.is_empty()
+            && matches!(self.operation.as_str(), "CREATE" | "UPDATE")
+    }
+
+    /// "Pod ml-team/train-0", for messages and logs.
+    pub fn subject(&self) -> String {
+        let name = if self.name.is_empty() { "(unnamed)" } else { &self.name };
+        if self.namespace.is_empty() {
+            format!("{} {name}", self.kind)
+        } else {
+            format!("{} {}/{name}", self.kind, self.namespace)
+        }
+    }
+
+    /// The object under review as JSON, for patching. Only called when a policy patches.
+    pub fn object_json(&self) -> Option<serde_json::Value> {
+        match &self.request["object"] {
+            Value::Undefined | Value::Null => None,
+            v => serde_json::to_value(v).ok(),
+        }
+    }
+
+    fn response(&self) -> AdmissionResponse {
+        let operation = match self.operation.as_str() {
+            "UPDATE" => Operation::Update,
+            "DELETE" => Operation::Delete,
+            "CONNECT" => Operation::Connect,
+            _ => Operation::Create,
+        };
+        let req: AdmissionRequest<DynamicObject> = AdmissionRequest {
+            types: TypeMeta {
+                api_version: self.api_version.clone(),
+                kind: "AdmissionReview".into(),
+            },
+            uid: self.uid.clone(),
+            kind: GroupVersionKind::gvk(&self.group, &self.version, &self.kind),
+            resource: GroupVersionResource::gvr(&self.group, &self.version, &self.resource),
+            sub_resource: None,
+            request_kind: None,
+            request_resource: None,
+            request_sub_resource: None,
+            name: self.name.clone(),
+            namespace: Some(self.namespace.clone()),
+            operation,
+            user_info: Default::default(),
+            object: None,
+            old_object: None,
+            dry_run: self.dry_run,
+            options: None,
+        };
+        AdmissionResponse::from(&req)
+    }
+
+    /// Allowed, unchanged: for requests no policy looks at.
+    pub fn allow(&self) -> AdmissionReview<DynamicObject> {
+        self.response().into_review()
+    }
+
+    /// The reply for a verdict.
+    pub fn reply(&self, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
+        let mut resp = self.response();
+        if !verdict.allowed {
+            resp = resp.deny(verdict.status_message(&self.subject()));
+            resp.result.code = if verdict.had_error { 500 } else { 403 };
+            resp.result.reason = if verdict.had_error { "InternalError" } else { "Forbidden" }.into();
+        } else if let Some(patch) = verdict.patch.as_ref().filter(|p| !p.is_empty()) {
+            match resp.clone().with_patch(patch.to_json_patch()) {
+                Ok(r) => resp = r,
+                Err(e) => {
+                    resp = resp.deny(format!("mlguard could not serialize its patch: {e}"));
+                    resp.result.code = 500;
+                }
+            }
+        }
+        if !verdict.warnings.is_empty() {
+            resp.warnings = Some(verdict.warnings.clone());
+        }
+        resp.audit_annotations = verdict.audit_annotations().into_iter().collect();
+        resp.into_review()
+    }
+}
+
+/// A review that cannot be answered from its own content (fault in mlguard, not in policy):
+/// denied, naming the error, never silently admitted.
+pub fn internal_error(review: &ParsedReview, message: &str) -> AdmissionReview<DynamicObject> {
+    let mut resp = review
+        .response()
+        .deny(format!("mlguard could not evaluate {}: {message}", review.subject()));
+    resp.result.code = 500;
+    resp.result.reason = "InternalError".into();
+    resp.into_review()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(request: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_and_drops_managed_fields() {
+        let r = parse(&body(serde_json::json!({
+            "uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "ml", "operation": "CREATE", "userInfo": {"username": "alice"},
+            "object": {"metadata": {"generateName": "train-", "managedFields": [{"manager": "kubectl"}]}}
+        })))
+        .unwrap();
+        assert_eq!(r.uid, "u1");
+        assert_eq!(r.subject(), "Pod ml/train-*");
+        assert!(r.is_policy_subject());
+        assert_eq!(r.request["object"]["metadata"]["managedFields"], Value::Undefined);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_review() {
+        assert!(matches!(parse(b"{oops"), Err(ReviewError::NotJson(_))));
+        assert!(matches!(parse(b"[1]"), Err(ReviewError::NotAReview(_))));
+        assert!(matches!(
+            parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
+            Err(ReviewError::MissingRequest)
+        ));
+        assert!(matches!(
+            parse(&body(serde_json::json!({"kind": {"kind": "Pod"}}))),
+            Err(ReviewError::MissingUid)
+        ));
+        let v1beta1 = br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#;
+        assert!(matches!(parse(v1beta1), Err(ReviewError::NotAReview(_))));
+    }
+
+    #[test]
+    fn subresources_and_other_kinds_pass_through() {
+        let mk = |kind: &str, group: &str, sub: &str, op: &str| {
+            parse(&body(serde_json::json!({
+                "uid": "u", "kind": {"group": group, "version": "v1", "kind": kind},
+                "subResource": sub, "operation": op
+            })))
+            .unwrap()
+            .is_policy_subject()
+        };
+        assert!(mk("Job", "batch", "", "CREATE"));
+        assert!(!mk("Deployment", "apps", "", "CREATE"));
+        assert!(!mk("Pod", "", "status", "UPDATE"));
+        assert!(!mk("Pod", "", "", "DELETE"));
+    }
+}

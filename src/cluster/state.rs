@@ -1,0 +1,241 @@
+//! The cluster-state data model, built from Kubernetes objects, and its `data.mlguard.cluster`
+//! form. Derived figures (remaining quota, largest node) are computed here once per change so
+//! that policies stay simple and requests stay cheap.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
+use serde_json::{json, Map, Value as Json};
+
+use super::quantity;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NamespaceInfo {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quota {
+    pub name: String,
+    pub hard: BTreeMap<String, f64>,
+    pub used: BTreeMap<String, f64>,
+}
+
+impl Quota {
+    /// hard − used per resource, never below zero.
+    pub fn remaining(&self) -> BTreeMap<String, f64> {
+        self.hard
+            .iter()
+            .map(|(k, hard)| {
+                let used = self.used.get(k).copied().unwrap_or(0.0);
+                (k.clone(), (hard - used).max(0.0))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeInfo {
+    pub labels: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, f64>,
+    pub unschedulable: bool,
+}
+
+/// What mlguard knows of the cluster.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterState {
+    pub namespaces: BTreeMap<String, NamespaceInfo>,
+    pub quotas: BTreeMap<String, Vec<Quota>>,
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Messages about objects that could not be read (bad quantities); logged, never fatal.
+    pub problems: Vec<String>,
+}
+
+fn quantities(
+    map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    what: &str,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (k, q) in map.into_iter().flatten() {
+        match quantity::parse(&q.0) {
+            Ok(v) => {
+                out.insert(k.clone(), v);
+            }
+            Err(e) => problems.push(format!("{what} {k}: {e}")),
+        }
+    }
+    out
+}
+
+impl ClusterState {
+    pub fn add_namespace(&mut self, ns: &Namespace) {
+        let Some(name) = ns.metadata.name.clone() else { return };
+        self.namespaces.insert(
+            name,
+            NamespaceInfo {
+                labels: ns.metadata.labels.clone().unwrap_or_default(),
+                annotations: ns.metadata.annotations.clone().unwrap_or_default(),
+            },
+        );
+    }
+
+    pub fn add_quota(&mut self, rq: &ResourceQuota) {
+        let name = rq.metadata.name.clone().unwrap_or_default();
+        let namespace = rq.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let what = format!("ResourceQuota {namespace}/{name}");
+        let hard = quantities(
+            rq.spec.as_ref().and_then(|s| s.hard.as_ref()),
+            &format!("{what} spec.hard"),
+            &mut self.problems,
+        );
+        let used = quantities(
+            rq.status.as_ref().and_then(|s| s.used.as_ref()),
+            &format!("{what} status.used"),
+            &mut self.problems,
+        );
+        // status.hard is what the quota controller enforces; spec.hard is what was asked for.
+        // They differ only briefly after an edit, and spec is the intent, so spec wins.
+        let entry = self.quotas.entry(namespace).or_default();
+        entry.retain(|q| q.name != name);
+        entry.push(Quota { name, hard, used });
+        entry.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    pub fn add_node(&mut self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else { return };
+        let allocatable = quantities(
+            node.status.as_ref().and_then(|s| s.allocatable.as_ref()),
+            &format!("Node {name} status.allocatable"),
+            &mut self.problems,
+        );
+        self.nodes.insert(
+            name,
+            NodeInfo {
+                labels: node.metadata.labels.clone().unwrap_or_default(),
+                allocatable,
+                unschedulable: node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false),
+            },
+        );
+    }
+
+    /// Per resource, the most any one schedulable node offers.
+    pub fn largest_allocatable(&self) -> BTreeMap<String, f64> {
+        let mut out: BTreeMap<String, f64> = BTreeMap::new();
+        for node in self.nodes.values().filter(|n| !n.unschedulable) {
+            for (k, v) in &node.allocatable {
+                let e = out.entry(k.clone()).or_insert(0.0);
+                *e = e.max(*v);
+            }
+        }
+        out
+    }
+
+    /// Labels of `namespace`, for enforcement overrides by namespace selector.
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .get(namespace)
+            .map(|n| n.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// The `data.mlguard.cluster` document.
+    pub fn to_json(&self) -> Json {
+        let numbers = |m: &BTreeMap<String, f64>| {
+            Json::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), quantity::to_json(*v)))
+                    .collect::<Map<_, _>>(),
+            )
+        };
+        let namespaces: Map<String, Json> = self
+            .namespaces
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.clone(),
+                    json!({"labels": n.labels, "annotations": n.annotations}),
+                )
+            })
+            .collect();
+        let quotas: Map<String, Json> = self
+            .quotas
+            .iter()
+            .map(|(ns, qs)| {
+                let list: Vec<Json> = qs
+                    .iter()
+                    .map(|q| {
+                        json!({"name": q.name, "hard": numbers(&q.hard), "used": numbers(&q.used),
+                               "remaining": numbers(&q.remaining())})
+                    })
+                    .collect();
+                (ns.clone(), Json::Array(list))
+            })
+            .collect();
+        let nodes: Map<String, Json> = self
+            .nodes
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.clone(),
+                    json!({"labels": n.labels, "allocatable": numbers(&n.allocatable),
+                           "unschedulable": n.unschedulable}),
+                )
+            })
+            .collect();
+        json!({
+            "namespaces": namespaces,
+            "quotas": quotas,
+            "nodes": nodes,
+            "node_count": self.nodes.len(),
+            "largest_allocatable": numbers(&self.largest_allocatable()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rq(yaml: &str) -> ResourceQuota {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn remaining_is_hard_minus_used_and_never_negative() {
+        let mut s = ClusterState::default();
+        s.add_quota(&rq(
+            "metadata: {name: gpu, namespace: ml}\nspec: {hard: {requests.nvidia.com/gpu: '8', limits.nvidia.com/gpu: '4'}}\nstatus: {used: {requests.nvidia.com/gpu: '3', limits.nvidia.com/gpu: '6'}}",
+        ));
+        let j = s.to_json();
+        assert_eq!(j["quotas"]["ml"][0]["remaining"]["requests.nvidia.com/gpu"], 5);
+        assert_eq!(j["quotas"]["ml"][0]["remaining"]["limits.nvidia.com/gpu"], 0);
+    }
+
+    #[test]
+    fn largest_node_skips_cordoned_nodes() {
+        let mut s = ClusterState::default();
+        for (name, gpus, cordoned) in [("a", "4", false), ("b", "8", true), ("c", "2", false)] {
+            let node: Node = serde_yaml::from_str(&format!(
+                "metadata: {{name: {name}}}\nspec: {{unschedulable: {cordoned}}}\nstatus: {{allocatable: {{nvidia.com/gpu: '{gpus}'}}}}"
+            ))
+            .unwrap();
+            s.add_node(&node);
+        }
+        assert_eq!(s.largest_allocatable()["nvidia.com/gpu"], 4.0);
+        assert_eq!(s.to_json()["node_count"], 3);
+    }
+
+    #[test]
+    fn bad_quantities_are_reported_not_fatal() {
+        let mut s = ClusterState::default();
+        s.add_quota(&rq("metadata: {name: q, namespace: ml}\nspec: {hard: {requests.nvidia.com/gpu: lots}}"));
+        assert_eq!(s.problems.len(), 1);
+        assert!(s.problems[0].contains("ml/q"), "{:?}", s.problems);
+    }
+}

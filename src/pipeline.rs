@@ -1,0 +1,73 @@
+//! One review through the policies: the pure core shared by the webhook handlers, the audit
+//! command and `mlguard test`.
+
+use crate::admission::ParsedReview;
+use crate::policy::verdict::{decide, Enforcement, Verdict};
+use crate::policy::{Action, Evaluator, Stage};
+
+/// The global `--mode`: caps every policy's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Warn,
+    Dryrun,
+}
+
+impl Mode {
+    pub fn cap(self) -> Action {
+        match self {
+            Mode::Enforce => Action::Deny,
+            Mode::Warn => Action::Warn,
+            Mode::Dryrun => Action::Dryrun,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+            Mode::Dryrun => "dryrun",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "warn" => Ok(Mode::Warn),
+            "dryrun" => Ok(Mode::Dryrun),
+            other => Err(format!("unknown mode {other:?}: use enforce, warn or dryrun")),
+        }
+    }
+}
+
+/// The verdict for `review` at `stage`. Requests that are not policy subjects are allowed
+/// unchanged. A server-side dry-run (`dryRun: true`) is answered exactly as the real request:
+/// mlguard has no side effects to skip.
+pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: Mode) -> Verdict {
+    if !review.is_policy_subject() {
+        return Verdict {
+            allowed: true,
+            ..Default::default()
+        };
+    }
+    let outputs = evaluator.evaluate(&review.request, stage);
+    let object = outputs
+        .iter()
+        .any(|o| !o.patch.is_empty())
+        .then(|| review.object_json())
+        .flatten();
+    let labels = evaluator.cluster.namespace_labels(&review.namespace);
+    decide(
+        &evaluator.set,
+        outputs,
+        object.as_ref(),
+        &Enforcement {
+            cap: mode.cap(),
+            namespace: &review.namespace,
+            labels: &labels,
+        },
+    )
+}

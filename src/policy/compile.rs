@@ -1,0 +1,263 @@
+//! Files in, an immutable compiled [`PolicySet`] out. Runs at start-up and on reload, never on
+//! the request path; any problem refuses the whole set, so the server never serves half of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::{Engine, Value};
+use sha2::{Digest, Sha256};
+
+use super::settings::{build_config, policy_settings, PolicySettings};
+use super::source::{FileKind, Origin, SourceFile};
+use super::{lint, PolicyError};
+
+pub const POLICY_PACKAGE_PREFIX: &str = "data.mlguard.policies.";
+
+/// The rules a policy package may define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RuleKind {
+    Deny,
+    Warn,
+    Patch,
+}
+
+impl RuleKind {
+    pub const ALL: [RuleKind; 3] = [RuleKind::Deny, RuleKind::Warn, RuleKind::Patch];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::Deny => "deny",
+            RuleKind::Warn => "warn",
+            RuleKind::Patch => "patch",
+        }
+    }
+}
+
+/// How policies are evaluated. The bytecode VM is several times faster; the tree-walking
+/// interpreter covers every Rego construct, so it is the fallback when an admin's policy uses
+/// one the VM does not compile (for example `with`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Vm,
+    Interpreter,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Vm => "vm",
+            Backend::Interpreter => "interpreter",
+        }
+    }
+}
+
+/// One policy package and what it defines.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub rules: Vec<RuleKind>,
+    pub settings: PolicySettings,
+    /// `input.parameters`, converted once.
+    pub parameters: Value,
+}
+
+impl Policy {
+    pub fn entry_point(&self, rule: RuleKind) -> String {
+        format!("{POLICY_PACKAGE_PREFIX}{}.{}", self.name, rule.as_str())
+    }
+}
+
+/// A compiled, immutable policy set. Shared by every request through an `Arc`.
+pub struct PolicySet {
+    pub origin: Origin,
+    pub files: Vec<String>,
+    pub policies: Vec<Policy>,
+    /// `data.mlguard.config` as merged from the data files.
+    pub config: serde_json::Value,
+    pub(crate) config_value: Value,
+    /// Content digest of every file: a reload that changes nothing is not a new generation.
+    pub digest: String,
+    pub backend: Backend,
+    /// Why the VM was not used, when it was not.
+    pub vm_fallback_reason: Option<String>,
+    pub(crate) engine: Engine,
+    pub(crate) program: Option<Arc<Program>>,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("origin", &self.origin)
+            .field("policies", &self.policy_names())
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+pub fn digest(files: &[SourceFile]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.name.as_bytes());
+        h.update([0]);
+        h.update(f.text.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl PolicySet {
+    pub fn policy_names(&self) -> Vec<&str> {
+        self.policies.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// Compiles `files`. `preferred` is the VM unless a caller (tests, `--evaluator`) asks for
+    /// the interpreter.
+    pub fn compile(
+        files: Vec<SourceFile>,
+        origin: Origin,
+        preferred: Backend,
+    ) -> Result<Arc<PolicySet>, PolicyError> {
+        let rego: Vec<&SourceFile> = files.iter().filter(|f| f.kind == FileKind::Rego).collect();
+        if rego.is_empty() {
+            return Err(PolicyError::Empty(format!(
+                "{origin} holds no .rego files; point --policies at a directory of policies"
+            )));
+        }
+        let mut engine = Engine::new();
+        // As in OPA by default, a builtin error makes its expression undefined; the probe below
+        // and `mlguard test` are where policy authors see such mistakes.
+        engine.set_strict_builtin_errors(false);
+        let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for file in &rego {
+            lint::check(&file.name, &file.text)?;
+            let package = engine
+                .add_policy(file.name.clone(), file.text.clone())
+                .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+            packages.entry(package).or_default().push(file.name.clone());
+        }
+
+        let mut names = Vec::new();
+        let mut rules_of = BTreeMap::new();
+        for (package, files_of_package) in &packages {
+            let Some(name) = package.strip_prefix(POLICY_PACKAGE_PREFIX) else {
+                continue; // a library package, used by policies
+            };
+            if name.contains('.') || name.contains('[') {
+                return Err(PolicyError::Package {
+                    file: files_of_package.join(", "),
+                    message: format!(
+                        "package {package} is nested; a policy is a package mlguard.policies.<name>, \
+                         put shared helpers under mlguard.lib.<name>"
+                    ),
+                });
+            }
+            let mut rules = Vec::new();
+            for kind in RuleKind::ALL {
+                for file in files_of_package {
+                    if engine
+                        .has_declared_rule_rooted_at(file, kind.as_str())
+                        .map_err(|e| PolicyError::Compile(format!("{file}: {e:#}")))?
+                    {
+                        rules.push(kind);
+                        break;
+                    }
+                }
+            }
+            if rules.is_empty() {
+                return Err(PolicyError::Package {
+                    file: files_of_package.join(", "),
+                    message: format!(
+                        "policy {name} defines none of deny, warn, patch; a policy package must \
+                         define at least one (helpers belong under mlguard.lib.<name>)"
+                    ),
+                });
+            }
+            names.push(name.to_string());
+            rules_of.insert(name.to_string(), rules);
+        }
+        if names.is_empty() {
+            return Err(PolicyError::Empty(format!(
+                "{origin} defines no package under mlguard.policies"
+            )));
+        }
+
+        let config = build_config(&files)?;
+        let mut settings = policy_settings(&config, &names)?;
+        let config_value = Value::from(config.clone());
+        let mut data = Value::new_object();
+        insert(&mut data, "mlguard", {
+            let mut m = Value::new_object();
+            insert(&mut m, "config", config_value.clone());
+            m
+        });
+        engine
+            .add_data(data)
+            .map_err(|e| PolicyError::Compile(format!("data.mlguard.config: {e:#}")))?;
+
+        let policies: Vec<Policy> = names
+            .iter()
+            .map(|name| {
+                let settings = settings.remove(name).unwrap_or_default();
+                Policy {
+                    name: name.clone(),
+                    rules: rules_of.remove(name).unwrap_or_default(),
+                    parameters: Value::from(settings.parameters.clone()),
+                    settings,
+                }
+            })
+            .collect();
+
+        let (backend, program, vm_fallback_reason) = match preferred {
+            Backend::Interpreter => (Backend::Interpreter, None, None),
+            Backend::Vm => match compile_vm(&mut engine, &policies) {
+                Ok(program) => (Backend::Vm, Some(program), None),
+                Err(reason) => (Backend::Interpreter, None, Some(reason)),
+            },
+        };
+
+        let set = Arc::new(PolicySet {
+            digest: digest(&files),
+            origin,
+            files: files.iter().map(|f| f.name.clone()).collect(),
+            policies,
+            config,
+            config_value,
+            backend,
+            vm_fallback_reason,
+            engine,
+            program,
+        });
+        super::eval::probe(&set)?;
+        Ok(set)
+    }
+
+    /// Reads and compiles the policies of `origin`.
+    pub fn load(origin: Origin, preferred: Backend) -> Result<Arc<PolicySet>, PolicyError> {
+        let files = super::source::read(&origin)?;
+        PolicySet::compile(files, origin, preferred)
+    }
+}
+
+pub(crate) fn insert(object: &mut Value, key: &str, value: Value) {
+    if let Ok(map) = object.as_object_mut() {
+        map.insert(Value::from(key), value);
+    }
+}
+
+fn compile_vm(engine: &mut Engine, policies: &[Policy]) -> Result<Arc<Program>, String> {
+    let entry_points: Vec<String> = policies
+        .iter()
+        .flat_map(|p| p.rules.iter().map(|r| p.entry_point(*r)))
+        .collect();
+    let first: regorus::Rc<str> = entry_points[0].as_str().into();
+    let compiled = engine
+        .compile_with_entrypoint(&first)
+        .map_err(|e| format!("{e:#}"))?;
+    let refs: Vec<&str> = entry_points.iter().map(String::as_str).collect();
+    Compiler::compile_from_policy(&compiled, &refs).map_err(|e| format!("{e:#}"))
+}

@@ -1,0 +1,292 @@
+//! Runs a compiled [`PolicySet`] against one review, with the cluster state as data.
+//!
+//! An [`Evaluator`] pairs a policy set with a cluster-state snapshot. Both change rarely and
+//! independently (a policy reload, a quota update), so the server builds a new `Evaluator` when
+//! either changes and swaps it in atomically; requests only read it.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use regorus::rvm::vm::RegoVM;
+use regorus::{Engine, Value};
+
+use crate::cluster::ClusterState;
+
+use super::compile::{insert, Backend, PolicySet, RuleKind};
+use super::PolicyError;
+
+/// Which webhook is asking: mutation runs `patch` rules, validation runs `deny` and `warn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Mutate,
+    Validate,
+}
+
+impl Stage {
+    fn rules(self) -> &'static [RuleKind] {
+        match self {
+            Stage::Mutate => &[RuleKind::Patch],
+            Stage::Validate => &[RuleKind::Deny, RuleKind::Warn],
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Mutate => "mutate",
+            Stage::Validate => "validate",
+        }
+    }
+}
+
+/// A `deny` or `warn` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub text: String,
+    pub details: Option<serde_json::Value>,
+}
+
+/// What one policy said about one review.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyOutput {
+    pub policy: String,
+    pub deny: Vec<Message>,
+    pub warn: Vec<Message>,
+    pub patch: Vec<serde_json::Value>,
+    /// The policy failed on this review; the verdict treats it by the policy's action, so an
+    /// enforcing policy that breaks denies rather than admits.
+    pub error: Option<EvalError>,
+}
+
+impl PolicyOutput {
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.warn.is_empty() && self.patch.is_empty() && self.error.is_none()
+    }
+}
+
+/// A policy failed while evaluating a request. The caller turns it into a denial: an internal
+/// error must never admit silently.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("policy {policy}: `{rule}`: {message}")]
+pub struct EvalError {
+    pub policy: String,
+    pub rule: &'static str,
+    pub message: String,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Instruction budget per rule evaluation: far above what a sane policy needs on a large pod,
+/// low enough that a runaway policy fails fast instead of hanging a webhook call.
+const MAX_INSTRUCTIONS: usize = 5_000_000;
+
+pub struct Evaluator {
+    pub set: Arc<PolicySet>,
+    pub cluster: Arc<ClusterState>,
+    data: Value,
+    /// Interpreter engine with the full data loaded; cloned per request.
+    engine: Option<Engine>,
+    id: u64,
+}
+
+thread_local! {
+    /// A VM per worker thread, reused while the evaluator it was loaded for is current:
+    /// loading a program and data into a fresh VM is most of the cost of a small policy.
+    static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
+}
+
+impl Evaluator {
+    pub fn new(set: Arc<PolicySet>, cluster: Arc<ClusterState>) -> Result<Evaluator, PolicyError> {
+        let mut mlguard = Value::new_object();
+        insert(&mut mlguard, "config", set.config_value.clone());
+        insert(&mut mlguard, "cluster", Value::from(cluster.to_json()));
+        let mut data = Value::new_object();
+        insert(&mut data, "mlguard", mlguard);
+        let engine = match set.backend {
+            Backend::Vm => None,
+            Backend::Interpreter => {
+                let mut engine = set.engine.clone();
+                engine.clear_data();
+                engine
+                    .add_data(data.clone())
+                    .map_err(|e| PolicyError::Compile(format!("cluster data: {e:#}")))?;
+                Some(engine)
+            }
+        };
+        Ok(Evaluator {
+            set,
+            cluster,
+            data,
+            engine,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Evaluates every policy that applies to the review's operation. `review` is the
+    /// AdmissionRequest as a regorus value (see `admission::ParsedReview`). A failing policy
+    /// yields an output with `error` set; the others still run.
+    pub fn evaluate(&self, review: &Value, stage: Stage) -> Vec<PolicyOutput> {
+        let operation = review["operation"].as_string().map(|s| s.to_string()).unwrap_or_default();
+        let mut outputs = Vec::new();
+        let mut input = Value::new_object();
+        insert(&mut input, "review", review.clone());
+        for policy in &self.set.policies {
+            if !policy.settings.applies_to(&operation) {
+                continue;
+            }
+            insert(&mut input, "parameters", policy.parameters.clone());
+            let mut out = PolicyOutput {
+                policy: policy.name.clone(),
+                ..Default::default()
+            };
+            for rule in stage.rules() {
+                if !policy.rules.contains(rule) {
+                    continue;
+                }
+                let result = self
+                    .run(&policy.entry_point(*rule), &input)
+                    .and_then(|value| match rule {
+                        RuleKind::Deny => messages(&value).map(|m| out.deny = m),
+                        RuleKind::Warn => messages(&value).map(|m| out.warn = m),
+                        RuleKind::Patch => patch_ops(&value).map(|p| out.patch = p),
+                    });
+                if let Err(message) = result {
+                    out.error = Some(EvalError {
+                        policy: policy.name.clone(),
+                        rule: rule.as_str(),
+                        message,
+                    });
+                    break;
+                }
+            }
+            if !out.is_empty() {
+                outputs.push(out);
+            }
+        }
+        outputs
+    }
+
+    fn run(&self, entry: &str, input: &Value) -> Result<Value, String> {
+        match (&self.engine, &self.set.program) {
+            (Some(base), _) => {
+                let mut engine = base.clone();
+                engine.set_input(input.clone());
+                engine.eval_rule(entry.to_string()).map_err(|e| format!("{e:#}"))
+            }
+            (None, Some(program)) => VM.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
+                    let mut vm = RegoVM::new();
+                    vm.load_program(program.clone());
+                    vm.set_max_instructions(MAX_INSTRUCTIONS);
+                    vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                    *slot = Some((self.id, vm));
+                }
+                let (_, vm) = slot.as_mut().expect("VM slot was just filled");
+                vm.set_input(input.clone());
+                vm.execute_entry_point_by_name(entry).map_err(|e| e.to_string())
+            }),
+            (None, None) => Err("policy set has no evaluator (internal error)".into()),
+        }
+    }
+}
+
+fn to_json(value: &Value) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn elements(value: &Value) -> Result<Vec<&Value>, String> {
+    match value {
+        Value::Undefined => Ok(Vec::new()),
+        Value::Set(s) => Ok(s.iter().collect()),
+        Value::Array(a) => Ok(a.iter().collect()),
+        other => Err(format!(
+            "must be a set (`contains`), found {}",
+            to_json(other)
+        )),
+    }
+}
+
+fn messages(value: &Value) -> Result<Vec<Message>, String> {
+    elements(value)?
+        .into_iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(Message {
+                text: s.to_string(),
+                details: None,
+            }),
+            Value::Object(o) => match o.get(&Value::from("msg")) {
+                Some(Value::String(s)) => Ok(Message {
+                    text: s.to_string(),
+                    details: o.get(&Value::from("details")).map(to_json),
+                }),
+                _ => Err(format!(
+                    "entries must be strings or objects with a string `msg`, found {}",
+                    to_json(v)
+                )),
+            },
+            other => Err(format!(
+                "entries must be strings or objects with a string `msg`, found {}",
+                to_json(other)
+            )),
+        })
+        .collect()
+}
+
+fn patch_ops(value: &Value) -> Result<Vec<serde_json::Value>, String> {
+    elements(value)?
+        .into_iter()
+        .map(|v| {
+            let op = to_json(v);
+            serde_json::from_value::<json_patch::PatchOperation>(op.clone())
+                .map(|_| op.clone())
+                .map_err(|e| format!("entries must be RFC 6902 operations ({e}), found {op}"))
+        })
+        .collect()
+}
+
+/// Sample reviews every policy is run against at load, so that output of the wrong shape, or
+/// a policy that fails on an ordinary GPU pod, is refused before it can serve.
+fn probe_reviews() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let container = json!({
+        "name": "trainer", "image": "registry.example/train:1",
+        "resources": {"requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "16Gi"},
+                      "limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}
+    });
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"containers": [container]}});
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"parallelism": 2, "completions": 4,
+                 "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}});
+    let review = |kind: &str, group: &str, resource: &str, object: &serde_json::Value| {
+        json!({"uid": "probe", "kind": {"group": group, "version": "v1", "kind": kind},
+               "resource": {"group": group, "version": "v1", "resource": resource},
+               "namespace": "default", "operation": "CREATE", "name": "probe",
+               "userInfo": {"username": "probe"}, "object": object, "dryRun": false})
+    };
+    vec![
+        review("Pod", "", "pods", &pod),
+        review("Job", "batch", "jobs", &job),
+    ]
+}
+
+pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<(), PolicyError> {
+    let evaluator = Evaluator::new(set.clone(), Arc::new(ClusterState::default()))?;
+    for review in probe_reviews() {
+        let review = Value::from(review);
+        for stage in [Stage::Mutate, Stage::Validate] {
+            for output in evaluator.evaluate(&review, stage) {
+                if let Some(e) = output.error {
+                    return Err(PolicyError::Shape {
+                        policy: e.policy,
+                        rule: e.rule.into(),
+                        message: format!("on a sample GPU {}: {}", review["kind"]["kind"], e.message),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}

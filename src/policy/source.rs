@@ -1,0 +1,166 @@
+//! Where policy files come from: a directory on disk (a ConfigMap volume in a cluster) or the
+//! default set embedded in the binary. Both produce the same list of named files, so the
+//! compiler never knows the difference.
+
+use std::path::{Path, PathBuf};
+
+use include_dir::{include_dir, Dir};
+
+use super::PolicyError;
+
+static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/policies");
+
+/// What a file in the policy directory is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Rego,
+    Data,
+}
+
+/// One policy or data file, named by its path relative to the policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub name: String,
+    pub kind: FileKind,
+    pub text: String,
+}
+
+/// Where a policy set was read from; shown in logs and on the probe port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Embedded,
+    Directory(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Embedded => f.write_str("embedded default policies"),
+            Origin::Directory(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+fn classify(name: &str) -> Option<FileKind> {
+    // Rego unit tests live next to the policies but are run by `mlguard test`, never served.
+    if name.ends_with("_test.rego") {
+        return None;
+    }
+    if name.ends_with(".rego") {
+        Some(FileKind::Rego)
+    } else if name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json") {
+        Some(FileKind::Data)
+    } else {
+        None
+    }
+}
+
+/// Hidden entries are skipped: a kubelet-mounted ConfigMap holds every file twice, once behind
+/// the `..data` symlink and once in the timestamped `..2024_...` directory it points to.
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
+/// Reads every policy and data file under `dir`, recursively, in a stable order.
+pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
+    if !dir.is_dir() {
+        return Err(PolicyError::Io {
+            path: dir.display().to_string(),
+            message: "not a directory (give --policies a directory of .rego and data files)"
+                .into(),
+        });
+    }
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
+    for entry in walker {
+        let entry = entry.map_err(|e| PolicyError::Io {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .unwrap_or(entry.path())
+            .to_string_lossy()
+            .replace('\\', "/");
+        let Some(kind) = classify(&rel) else { continue };
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| PolicyError::Io {
+            path: entry.path().display().to_string(),
+            message: e.to_string(),
+        })?;
+        files.push(SourceFile {
+            name: rel,
+            kind,
+            text,
+        });
+    }
+    Ok(files)
+}
+
+/// The default policy set compiled into the binary from `policies/`.
+pub fn embedded() -> Vec<SourceFile> {
+    let mut files = Vec::new();
+    collect_embedded(&EMBEDDED, &mut files);
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+fn collect_embedded(dir: &Dir<'static>, out: &mut Vec<SourceFile>) {
+    for file in dir.files() {
+        let name = file.path().to_string_lossy().replace('\\', "/");
+        if let (Some(kind), Some(text)) = (classify(&name), file.contents_utf8()) {
+            out.push(SourceFile {
+                name,
+                kind,
+                text: text.to_string(),
+            });
+        }
+    }
+    for sub in dir.dirs() {
+        collect_embedded(sub, out);
+    }
+}
+
+/// Reads the files of `origin`.
+pub fn read(origin: &Origin) -> Result<Vec<SourceFile>, PolicyError> {
+    match origin {
+        Origin::Embedded => Ok(embedded()),
+        Origin::Directory(dir) => read_dir(dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubelet_layout_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("..2026_01_01_00_00_00.000000001");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("a.rego"), "package x").unwrap();
+        std::fs::write(real.join("a_test.rego"), "package x").unwrap();
+        std::fs::write(real.join("README.md"), "docs").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&real, dir.path().join("..data")).unwrap();
+            std::os::unix::fs::symlink("..data/a.rego", dir.path().join("a.rego")).unwrap();
+        }
+        let files = read_dir(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].name, "a.rego");
+    }
+
+    #[test]
+    fn missing_dir_is_a_clear_error() {
+        let err = read_dir(Path::new("/nonexistent/policies")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/policies"), "{err}");
+    }
+}

@@ -1,0 +1,67 @@
+//! Runs every golden case in tests/cases/ against the embedded default policies, on both
+//! evaluators, and writes each mutated object to target/mutated-objects/ so that
+//! `scripts/test` can validate them against the Kubernetes OpenAPI schema.
+
+use std::path::{Path, PathBuf};
+
+use mlguard::casefile::{collect, run_file};
+use mlguard::policy::source::{embedded, Origin};
+use mlguard::policy::Backend;
+
+fn run(backend: Backend) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = collect(&[root.join("tests/cases")]);
+    assert!(!files.is_empty(), "no case files under tests/cases");
+    let dump = root.join("target/mutated-objects");
+    std::fs::create_dir_all(&dump).unwrap();
+    let base = embedded();
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for file in files {
+        let outcomes = match run_file(&file, &base, &Origin::Embedded, backend) {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        for o in outcomes {
+            count += 1;
+            for f in &o.failures {
+                failures.push(format!("{} / {}: {f}", o.file.display(), o.name));
+            }
+            if let (Some(m), Backend::Vm) = (&o.mutated, backend) {
+                let stem = file_stem(&o.file);
+                let name: String = o
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                std::fs::write(
+                    dump.join(format!("{stem}__{name}.json")),
+                    serde_json::to_string_pretty(m).unwrap(),
+                )
+                .unwrap();
+            }
+        }
+    }
+    assert!(count > 0, "no cases ran");
+    eprintln!("{count} policy cases ran on the {backend:?} evaluator");
+    failures
+}
+
+fn file_stem(p: &PathBuf) -> String {
+    p.file_stem().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn golden_cases_pass_on_the_vm() {
+    let failures = run(Backend::Vm);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn golden_cases_pass_on_the_interpreter() {
+    let failures = run(Backend::Interpreter);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+}
