@@ -3,6 +3,14 @@
 
 pub mod admission;
 pub mod casefile;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod decision_log;
 pub mod cluster;
 pub mod pipeline;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
+pub mod server;
+pub mod tls;

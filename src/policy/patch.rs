@@ -62,6 +62,12 @@ fn missing_parents(doc: &Json, path: &str) -> Vec<Json> {
         if parent.is_empty() || doc.pointer(parent).is_some() {
             break;
         }
+        // Only object members are created: a missing array element (`/containers/5`) means
+        // the policy addressed something that is not there, and the apply check says so.
+        let (_, parent_token) = parent_of(parent).unwrap_or(("", ""));
+        if parent_token == "-" || (!parent_token.is_empty() && parent_token.bytes().all(|b| b.is_ascii_digit())) {
+            return Vec::new();
+        }
         missing.push(json!({"op": "add", "path": parent, "value": empty_container_for(token)}));
         current = parent;
     }

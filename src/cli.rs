@@ -1,0 +1,158 @@
+//! Command line. Every `serve` flag can also be set with an `MLGUARD_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "mlguard", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MLGUARD_GIT_COMMIT"), ")"),
+          about = "Kubernetes admission webhook for ML and GPU workloads, with policies in Rego")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, global = true, env = "MLGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `mlguard=debug`); RUST_LOG is used when this is unset.
+    #[arg(long, global = true, env = "MLGUARD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ModeArg {
+    Enforce,
+    Warn,
+    Dryrun,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum EvaluatorArg {
+    Vm,
+    Interpreter,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook server.
+    Serve(ServeArgs),
+    /// Write a CA and a serving certificate for a Service (ca.crt, tls.crt, tls.key).
+    Certs(CertsArgs),
+    /// Check manifests against the policies, as the API server would admit them.
+    Audit(AuditArgs),
+    /// Run policy test cases (YAML) against a policy set.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PolicyArgs {
+    /// Directory of .rego and data files [default: the embedded default policies].
+    #[arg(long, env = "MLGUARD_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Policy evaluator: the bytecode VM (fast) or the interpreter (every Rego construct).
+    /// The VM falls back to the interpreter by itself when a policy needs it.
+    #[arg(long, env = "MLGUARD_EVALUATOR", value_enum, default_value_t = EvaluatorArg::Vm)]
+    pub evaluator: EvaluatorArg,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// TLS address for POST /mutate and /validate.
+    #[arg(long, env = "MLGUARD_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address for /healthz, /readyz, /metrics and /status.
+    #[arg(long, env = "MLGUARD_PROBE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub probe_listen: SocketAddr,
+    /// Serving certificate (PEM). Without it, development certificates are used.
+    #[arg(long, env = "MLGUARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the serving certificate (PEM).
+    #[arg(long, env = "MLGUARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where development certificates are written and reused.
+    #[arg(long, env = "MLGUARD_DEV_CERTS_DIR", default_value = "certs")]
+    pub dev_certs_dir: PathBuf,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Cluster state file (ResourceQuota, Node, Namespace as `kubectl get -o yaml` prints them).
+    /// Repeatable; environment variable: comma-separated.
+    #[arg(long, env = "MLGUARD_CLUSTER_SNAPSHOT", value_delimiter = ',')]
+    pub cluster_snapshot: Vec<PathBuf>,
+    /// Caps every policy's enforcement action: enforce (as configured), warn or dryrun.
+    #[arg(long, env = "MLGUARD_MODE", value_enum, default_value_t = ModeArg::Enforce)]
+    pub mode: ModeArg,
+    /// How often certificate and policy files are checked for changes, in seconds.
+    #[arg(long, env = "MLGUARD_RELOAD_INTERVAL", default_value_t = 2.0)]
+    pub reload_interval: f64,
+    /// Longest time to wait for in-flight requests on shutdown, in seconds.
+    #[arg(long, env = "MLGUARD_SHUTDOWN_TIMEOUT", default_value_t = 25.0)]
+    pub shutdown_timeout: f64,
+    /// Reviews evaluated at once; further ones wait their turn.
+    #[arg(long, env = "MLGUARD_MAX_CONCURRENT", default_value_t = 64)]
+    pub max_concurrent: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Service name the API server calls.
+    #[arg(long, default_value = "mlguard")]
+    pub service: String,
+    /// Namespace of the Service.
+    #[arg(long, default_value = "mlguard-system")]
+    pub namespace: String,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    Junit,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Manifest files or directories (walked recursively); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Cluster state file(s), as for `serve`.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_snapshot: Vec<PathBuf>,
+    /// Namespace for objects that do not name one.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Report format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Print the mutated manifests as YAML after the report.
+    #[arg(long)]
+    pub show_patched: bool,
+    /// Caps every policy's enforcement action, as `serve --mode` does.
+    #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
+    pub mode: ModeArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Case files or directories of case files.
+    #[arg(required = true)]
+    pub cases: Vec<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}

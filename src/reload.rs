@@ -1,0 +1,133 @@
+//! Hot reload of the serving certificate and the policy directory. Both poll content digests
+//! rather than relying on file events: the kubelet updates Secret and ConfigMap volumes by
+//! swapping a `..data` symlink, which inotify on the visible paths does not report reliably,
+//! while a digest of what the paths resolve to always changes. Failures keep the last good
+//! state and are logged, counted and shown on /status.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::metrics::ResultLabels;
+use crate::policy::source::{self, Origin};
+use crate::policy::{compile, Backend, PolicySet};
+use crate::server::AppState;
+use crate::tls::{self, SwappableCert};
+
+fn result(ok: bool) -> ResultLabels {
+    ResultLabels {
+        result: if ok { "success" } else { "failure" }.into(),
+    }
+}
+
+/// Runs `check` every `interval` until shutdown.
+fn every(interval: Duration, mut stop: watch::Receiver<bool>, mut check: impl FnMut() + Send + 'static) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => check(),
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+pub fn spawn_certificate_reloader(
+    state: Arc<AppState>,
+    cert: Arc<SwappableCert>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    interval: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let digest_of = |c: &str, k: &str| -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(c.as_bytes());
+        h.update([0]);
+        h.update(k.as_bytes());
+        h.finalize().to_vec()
+    };
+    let mut last = tls::read_pair(&cert_path, &key_path)
+        .map(|(c, k)| digest_of(&c, &k))
+        .unwrap_or_default();
+    every(interval, stop, move || {
+        let Ok((c, k)) = tls::read_pair(&cert_path, &key_path) else {
+            // Mid-swap the files can be briefly missing; the next tick sees the new ones.
+            return;
+        };
+        let digest = digest_of(&c, &k);
+        if digest == last {
+            return;
+        }
+        last = digest;
+        match tls::certified_key_from_pem(&c, &k) {
+            Ok((key, info)) => {
+                cert.store(key, &info);
+                state.metrics.certificate_reloads.get_or_create(&result(true)).inc();
+                state.metrics.certificate_expiry.set(info.not_after);
+                *state.health.cert_error.write().expect("lock") = None;
+                tracing::info!(path = %cert_path.display(), not_after = info.not_after, "serving certificate reloaded");
+            }
+            Err(e) => {
+                state.metrics.certificate_reloads.get_or_create(&result(false)).inc();
+                *state.health.cert_error.write().expect("lock") = Some(e.to_string());
+                tracing::error!(path = %cert_path.display(), error = %e,
+                    "new certificate rejected; still serving the previous one");
+            }
+        }
+    });
+}
+
+pub fn spawn_policy_reloader(
+    state: Arc<AppState>,
+    dir: PathBuf,
+    backend: Backend,
+    interval: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let mut last = state.evaluator.load().set.digest.clone();
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    every(interval, stop, move || {
+        let files = match source::read_dir(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the policy directory; keeping the current policies");
+                return;
+            }
+        };
+        let digest = compile::digest(&files);
+        if digest == last || busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        last = digest;
+        let (state, dir, busy) = (state.clone(), dir.clone(), busy.clone());
+        // Compiling takes milliseconds of CPU: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let loaded = PolicySet::compile(files, Origin::Directory(dir.clone()), backend)
+                .and_then(|set| state.swap_policies(set));
+            match loaded {
+                Ok(()) => {
+                    state.metrics.policy_reloads.get_or_create(&result(true)).inc();
+                    state.metrics.policy_last_reload_success.set(1);
+                    *state.health.policy_error.write().expect("lock") = None;
+                    tracing::info!(dir = %dir.display(), generation = state.generation.load(Ordering::Relaxed), "policies reloaded");
+                }
+                Err(e) => {
+                    state.metrics.policy_reloads.get_or_create(&result(false)).inc();
+                    state.metrics.policy_last_reload_success.set(0);
+                    *state.health.policy_error.write().expect("lock") = Some(e.to_string());
+                    tracing::error!(dir = %dir.display(), error = %e,
+                        "policy reload failed; still serving the last good policy set");
+                }
+            }
+            busy.store(false, Ordering::Release);
+        });
+    });
+}
