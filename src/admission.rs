@@ -53,7 +53,9 @@ fn text(v: &Value) -> String {
 /// Removes `metadata.managedFields`: policies never read it and it is often the largest part
 /// of an object, so converting it would cost time on every request.
 fn drop_managed_fields(request: &mut Value) {
-    let Ok(req) = request.as_object_mut() else { return };
+    let Ok(req) = request.as_object_mut() else {
+        return;
+    };
     for key in ["object", "oldObject"] {
         if let Some(object) = req.get_mut(&Value::from(key)) {
             if let Ok(obj) = object.as_object_mut() {
@@ -140,7 +142,11 @@ impl ParsedReview {
 
     /// "Pod ml-team/train-0", for messages and logs.
     pub fn subject(&self) -> String {
-        let name = if self.name.is_empty() { "(unnamed)" } else { &self.name };
+        let name = if self.name.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.name
+        };
         if self.namespace.is_empty() {
             format!("{} {name}", self.kind)
         } else {
@@ -198,7 +204,12 @@ impl ParsedReview {
         if !verdict.allowed {
             resp = resp.deny(verdict.status_message(&self.subject()));
             resp.result.code = if verdict.had_error { 500 } else { 403 };
-            resp.result.reason = if verdict.had_error { "InternalError" } else { "Forbidden" }.into();
+            resp.result.reason = if verdict.had_error {
+                "InternalError"
+            } else {
+                "Forbidden"
+            }
+            .into();
         } else if let Some(patch) = verdict.patch.as_ref().filter(|p| !p.is_empty()) {
             match resp.clone().with_patch(patch.to_json_patch()) {
                 Ok(r) => resp = r,
@@ -219,9 +230,10 @@ impl ParsedReview {
 /// A review that cannot be answered from its own content (fault in mlguard, not in policy):
 /// denied, naming the error, never silently admitted.
 pub fn internal_error(review: &ParsedReview, message: &str) -> AdmissionReview<DynamicObject> {
-    let mut resp = review
-        .response()
-        .deny(format!("mlguard could not evaluate {}: {message}", review.subject()));
+    let mut resp = review.response().deny(format!(
+        "mlguard could not evaluate {}: {message}",
+        review.subject()
+    ));
     resp.result.code = 500;
     resp.result.reason = "InternalError".into();
     resp.into_review()
@@ -250,7 +262,10 @@ mod tests {
         assert_eq!(r.uid, "u1");
         assert_eq!(r.subject(), "Pod ml/train-*");
         assert!(r.is_policy_subject());
-        assert_eq!(r.request["object"]["metadata"]["managedFields"], Value::Undefined);
+        assert_eq!(
+            r.request["object"]["metadata"]["managedFields"],
+            Value::Undefined
+        );
     }
 
     #[test]

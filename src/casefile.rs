@@ -114,7 +114,10 @@ pub fn review_for(
     if object["metadata"].is_object() && object["metadata"]["namespace"].is_null() {
         object["metadata"]["namespace"] = json!(namespace);
     }
-    let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     json!({
         "apiVersion": admission::API_VERSION,
         "kind": "AdmissionReview",
@@ -164,7 +167,9 @@ pub fn simulate(
         .patch
         .as_ref()
         .map_or_else(|| body["request"]["object"].clone(), |p| p.patched.clone());
-    let again = parse(&review_for(&mutated, namespace, operation, old_object, dry_run, "case"))?;
+    let again = parse(&review_for(
+        &mutated, namespace, operation, old_object, dry_run, "case",
+    ))?;
     let second_patch = admit(evaluator, &again, Stage::Mutate, mode)
         .patch
         .map(|p| p.ops.into_iter().map(|(_, op)| op).collect())
@@ -179,14 +184,21 @@ pub fn simulate(
 }
 
 /// Each expected substring must match a distinct actual message, and the counts must agree.
-fn compare_messages(what: &str, expected: &[String], actual: &[String], failures: &mut Vec<String>) {
+fn compare_messages(
+    what: &str,
+    expected: &[String],
+    actual: &[String],
+    failures: &mut Vec<String>,
+) {
     let mut unmatched: Vec<&String> = actual.iter().collect();
     for e in expected {
         match unmatched.iter().position(|a| a.contains(e.as_str())) {
             Some(i) => {
                 unmatched.remove(i);
             }
-            None => failures.push(format!("expected a {what} containing {e:?}; got {actual:#?}")),
+            None => failures.push(format!(
+                "expected a {what} containing {e:?}; got {actual:#?}"
+            )),
         }
     }
     for a in unmatched {
@@ -205,7 +217,8 @@ fn policy_set(
     if let Some(overlay) = overlay {
         // The overlay replaces values, so it is merged into one file that sorts last.
         let mut merged = crate::policy::settings::build_config(base).map_err(|e| e.to_string())?;
-        merge(&mut merged, overlay.clone(), Merge::Override, "config").map_err(|e| e.to_string())?;
+        merge(&mut merged, overlay.clone(), Merge::Override, "config")
+            .map_err(|e| e.to_string())?;
         files.retain(|f| f.kind != FileKind::Data);
         files.push(SourceFile {
             name: "zz-case-config.json".into(),
@@ -224,11 +237,14 @@ pub fn run_file(
     backend: Backend,
 ) -> Result<Vec<Outcome>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: CaseFile = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: CaseFile =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let load_cluster = |paths: &[PathBuf]| -> Result<Arc<ClusterState>, String> {
         let full: Vec<PathBuf> = paths.iter().map(|p| dir.join(p)).collect();
-        snapshot::load(&full).map(Arc::new).map_err(|e| e.to_string())
+        snapshot::load(&full)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     };
     let file_cluster = load_cluster(&file.cluster)?;
     let mut sets: BTreeMap<String, Arc<PolicySet>> = BTreeMap::new();
@@ -293,13 +309,15 @@ pub fn run_file(
             if expect.unchanged && sim.mutate.patched() {
                 failures.push(format!(
                     "expected no patch, got {}",
-                    sim.mutate.patch.as_ref().map(|p| p.ops_json()).unwrap_or_default()
+                    sim.mutate
+                        .patch
+                        .as_ref()
+                        .map(|p| p.ops_json())
+                        .unwrap_or_default()
                 ));
             }
             if expect.patched.is_none() && !expect.unchanged && sim.mutate.patched() {
-                failures.push(
-                    "the case patches but says neither `patched` nor `unchanged`".into(),
-                );
+                failures.push("the case patches but says neither `patched` nor `unchanged`".into());
             }
             if !sim.second_patch.is_empty() {
                 failures.push(format!(
@@ -352,7 +370,11 @@ pub fn collect(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            for e in walkdir::WalkDir::new(p).sort_by_file_name().into_iter().flatten() {
+            for e in walkdir::WalkDir::new(p)
+                .sort_by_file_name()
+                .into_iter()
+                .flatten()
+            {
                 let name = e.file_name().to_string_lossy();
                 if e.file_type().is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
                     out.push(e.into_path());
@@ -363,4 +385,60 @@ pub fn collect(paths: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// `mlguard test CASES...`: runs case files against a policy set, prints one line per case
+/// and a summary, and exits 0 when all pass, 1 when any fails, 2 when the policies or a case
+/// file cannot be read.
+pub fn run(args: &crate::cli::TestArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let (origin, backend) = crate::config::policy_origin(&args.policy);
+    let base = match crate::policy::source::read(&origin) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("mlguard test: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let files = collect(&args.cases);
+    if files.is_empty() {
+        eprintln!(
+            "mlguard test: no case files (*.yaml) under {:?}",
+            args.cases
+        );
+        return ExitCode::from(2);
+    }
+    let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
+    for file in &files {
+        match run_file(file, &base, &origin, backend) {
+            Err(e) => {
+                broken += 1;
+                println!("ERROR {e}");
+            }
+            Ok(outcomes) => {
+                for o in outcomes {
+                    if o.failures.is_empty() {
+                        passed += 1;
+                        println!("ok    {} / {}", o.file.display(), o.name);
+                    } else {
+                        failed += 1;
+                        println!("FAIL  {} / {}", o.file.display(), o.name);
+                        for f in &o.failures {
+                            for line in f.lines() {
+                                println!("        {line}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if broken > 0 {
+        ExitCode::from(2)
+    } else if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

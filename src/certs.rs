@@ -45,7 +45,10 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
 const VALIDITY_DAYS: i64 = 365;
 
 /// A new CA and a serving certificate for `dns_names` (and `ip_addresses`).
-pub fn generate(dns_names: &[String], ip_addresses: &[std::net::IpAddr]) -> Result<CertBundle, CertError> {
+pub fn generate(
+    dns_names: &[String],
+    ip_addresses: &[std::net::IpAddr],
+) -> Result<CertBundle, CertError> {
     let now = time::OffsetDateTime::now_utc();
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -69,7 +72,10 @@ pub fn generate(dns_names: &[String], ip_addresses: &[std::net::IpAddr]) -> Resu
         .extend(ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
     params.distinguished_name = {
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, dns_names.first().map_or("mlguard", String::as_str));
+        dn.push(
+            DnType::CommonName,
+            dns_names.first().map_or("mlguard", String::as_str),
+        );
         dn
     };
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -128,7 +134,9 @@ pub fn dev_names() -> (Vec<String>, Vec<std::net::IpAddr>) {
 /// Returns the bundle and whether it was newly created.
 pub fn ensure_dev(dir: &Path) -> Result<(CertBundle, bool), CertError> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    if let (Some(ca_pem), Some(cert_pem), Some(key_pem)) = (read("ca.crt"), read("tls.crt"), read("tls.key")) {
+    if let (Some(ca_pem), Some(cert_pem), Some(key_pem)) =
+        (read("ca.crt"), read("tls.crt"), read("tls.key"))
+    {
         let reusable = crate::tls::inspect_pem(&cert_pem, &key_pem)
             .map(|info| {
                 let (names, _) = dev_names();
@@ -136,13 +144,39 @@ pub fn ensure_dev(dir: &Path) -> Result<(CertBundle, bool), CertError> {
             })
             .unwrap_or(false);
         if reusable {
-            return Ok((CertBundle { ca_pem, cert_pem, key_pem }, false));
+            return Ok((
+                CertBundle {
+                    ca_pem,
+                    cert_pem,
+                    key_pem,
+                },
+                false,
+            ));
         }
     }
     let (names, ips) = dev_names();
     let bundle = generate(&names, &ips)?;
     write(dir, &bundle)?;
     Ok((bundle, true))
+}
+
+/// `mlguard certs`: writes a CA and a serving certificate for a Service, and says what to do
+/// with them.
+pub fn run(args: &crate::cli::CertsArgs) -> anyhow::Result<()> {
+    let names = service_dns_names(&args.service, &args.namespace);
+    let bundle = generate(&names, &[])?;
+    write(&args.out, &bundle)?;
+    println!(
+        "wrote {dir}/ca.crt, {dir}/tls.crt and {dir}/tls.key for {names}\n\
+         Create the Secret: kubectl -n {ns} create secret tls {svc}-tls --cert={dir}/tls.crt --key={dir}/tls.key\n\
+         caBundle for the webhook configurations:\n{bundle}",
+        dir = args.out.display(),
+        names = names.join(", "),
+        ns = args.namespace,
+        svc = args.service,
+        bundle = bundle.ca_bundle(),
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -156,7 +190,11 @@ mod tests {
         assert!(created);
         let info = crate::tls::inspect_pem(&first.cert_pem, &first.key_pem).unwrap();
         for n in service_dns_names("mlguard", "mlguard-system") {
-            assert!(info.dns_names.contains(&n), "{n} missing from {:?}", info.dns_names);
+            assert!(
+                info.dns_names.contains(&n),
+                "{n} missing from {:?}",
+                info.dns_names
+            );
         }
         assert!(info.seconds_left() > 300 * 86_400);
         let (second, created) = ensure_dev(dir.path()).unwrap();

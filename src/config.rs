@@ -12,9 +12,14 @@ use crate::policy::Backend;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TlsSource {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// Development certificates, created under this directory if needed.
-    Dev { dir: PathBuf },
+    Dev {
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +64,9 @@ pub fn policy_origin(args: &PolicyArgs) -> (Origin, Backend) {
 
 fn seconds(name: &str, value: f64, min: f64) -> Result<Duration, ConfigError> {
     if !value.is_finite() || value < min {
-        return Err(ConfigError(format!("{name} must be at least {min} seconds, got {value}")));
+        return Err(ConfigError(format!(
+            "{name} must be at least {min} seconds, got {value}"
+        )));
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -123,7 +130,12 @@ mod tests {
     #[test]
     fn defaults_use_dev_certs_and_embedded_policies() {
         let c = serve(&[]).unwrap();
-        assert_eq!(c.tls, TlsSource::Dev { dir: "certs".into() });
+        assert_eq!(
+            c.tls,
+            TlsSource::Dev {
+                dir: "certs".into()
+            }
+        );
         assert_eq!(c.policies, Origin::Embedded);
         assert_eq!(c.listen.port(), 8443);
         assert_eq!(c.probe_listen.port(), 8080);
@@ -131,7 +143,13 @@ mod tests {
 
     #[test]
     fn contradictions_are_rejected() {
-        let e = serve(&["--listen", "127.0.0.1:9000", "--probe-listen", "127.0.0.1:9000"]).unwrap_err();
+        let e = serve(&[
+            "--listen",
+            "127.0.0.1:9000",
+            "--probe-listen",
+            "127.0.0.1:9000",
+        ])
+        .unwrap_err();
         assert!(e.to_string().contains("separate ports"));
         assert!(serve(&["--reload-interval", "0"]).is_err());
         assert!(Cli::try_parse_from(["mlguard", "serve", "--tls-cert", "a.crt"]).is_err());

@@ -1,1 +1,47 @@
-fn main() {}
+//! The `mlguard` binary: parse the command line, set up logging, run a subcommand. All the
+//! work lives in the library so that tests drive exactly what the binary runs.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mlguard::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    mlguard::logging::init(&cli.log);
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Certs(args) => report(mlguard::certs::run(&args).map(|_| ExitCode::SUCCESS)),
+        Command::Audit(args) => mlguard::audit::run(&args),
+        Command::Test(args) => mlguard::casefile::run(&args),
+    }
+}
+
+fn serve(args: mlguard::cli::ServeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(Err(anyhow::anyhow!("cannot start the async runtime: {e}"))),
+    };
+    report(runtime.block_on(async move {
+        let config = mlguard::config::ServeConfig::from_args(&args)?;
+        let listeners =
+            mlguard::server::Listeners::bind(config.listen, config.probe_listen).await?;
+        mlguard::server::run(config, listeners, mlguard::server::shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    }))
+}
+
+/// Start-up errors end the process with their message and exit status 2.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("mlguard: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

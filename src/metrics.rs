@@ -179,7 +179,14 @@ impl Metrics {
     }
 
     /// Counts one answered review.
-    pub fn observe(&self, endpoint: &str, kind: &str, operation: &str, verdict: &Verdict, seconds: f64) {
+    pub fn observe(
+        &self,
+        endpoint: &str,
+        kind: &str,
+        operation: &str,
+        verdict: &Verdict,
+        seconds: f64,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.into(),
@@ -194,17 +201,18 @@ impl Metrics {
             })
             .observe(seconds);
         for fired in &verdict.fired {
-            if matches!(
-                fired.finding,
-                crate::policy::verdict::Finding::Patch
-            ) {
+            if matches!(fired.finding, crate::policy::verdict::Finding::Patch) {
                 continue;
             }
             self.violations
                 .get_or_create(&ViolationLabels {
                     policy: fired.policy.clone(),
                     action: match fired.finding {
-                        crate::policy::verdict::Finding::Warn if fired.action != crate::policy::Action::Dryrun => "warn".into(),
+                        crate::policy::verdict::Finding::Warn
+                            if fired.action != crate::policy::Action::Dryrun =>
+                        {
+                            "warn".into()
+                        }
                         _ => fired.action.as_str().into(),
                     },
                 })

@@ -38,7 +38,9 @@ impl std::str::FromStr for Mode {
             "enforce" => Ok(Mode::Enforce),
             "warn" => Ok(Mode::Warn),
             "dryrun" => Ok(Mode::Dryrun),
-            other => Err(format!("unknown mode {other:?}: use enforce, warn or dryrun")),
+            other => Err(format!(
+                "unknown mode {other:?}: use enforce, warn or dryrun"
+            )),
         }
     }
 }

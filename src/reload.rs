@@ -25,7 +25,11 @@ fn result(ok: bool) -> ResultLabels {
 }
 
 /// Runs `check` every `interval` until shutdown.
-fn every(interval: Duration, mut stop: watch::Receiver<bool>, mut check: impl FnMut() + Send + 'static) {
+fn every(
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut check: impl FnMut() + Send + 'static,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,13 +74,21 @@ pub fn spawn_certificate_reloader(
         match tls::certified_key_from_pem(&c, &k) {
             Ok((key, info)) => {
                 cert.store(key, &info);
-                state.metrics.certificate_reloads.get_or_create(&result(true)).inc();
+                state
+                    .metrics
+                    .certificate_reloads
+                    .get_or_create(&result(true))
+                    .inc();
                 state.metrics.certificate_expiry.set(info.not_after);
                 *state.health.cert_error.write().expect("lock") = None;
                 tracing::info!(path = %cert_path.display(), not_after = info.not_after, "serving certificate reloaded");
             }
             Err(e) => {
-                state.metrics.certificate_reloads.get_or_create(&result(false)).inc();
+                state
+                    .metrics
+                    .certificate_reloads
+                    .get_or_create(&result(false))
+                    .inc();
                 *state.health.cert_error.write().expect("lock") = Some(e.to_string());
                 tracing::error!(path = %cert_path.display(), error = %e,
                     "new certificate rejected; still serving the previous one");
@@ -114,13 +126,21 @@ pub fn spawn_policy_reloader(
                 .and_then(|set| state.swap_policies(set));
             match loaded {
                 Ok(()) => {
-                    state.metrics.policy_reloads.get_or_create(&result(true)).inc();
+                    state
+                        .metrics
+                        .policy_reloads
+                        .get_or_create(&result(true))
+                        .inc();
                     state.metrics.policy_last_reload_success.set(1);
                     *state.health.policy_error.write().expect("lock") = None;
                     tracing::info!(dir = %dir.display(), generation = state.generation.load(Ordering::Relaxed), "policies reloaded");
                 }
                 Err(e) => {
-                    state.metrics.policy_reloads.get_or_create(&result(false)).inc();
+                    state
+                        .metrics
+                        .policy_reloads
+                        .get_or_create(&result(false))
+                        .inc();
                     state.metrics.policy_last_reload_success.set(0);
                     *state.health.policy_error.write().expect("lock") = Some(e.to_string());
                     tracing::error!(dir = %dir.display(), error = %e,

@@ -81,16 +81,21 @@ impl AppState {
     /// Replaces the policy set, keeping the cluster state.
     pub fn swap_policies(&self, set: Arc<PolicySet>) -> Result<(), crate::policy::PolicyError> {
         let cluster = self.evaluator.load().cluster.clone();
-        self.evaluator.store(Arc::new(Evaluator::new(set, cluster)?));
+        self.evaluator
+            .store(Arc::new(Evaluator::new(set, cluster)?));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.policy_generation.set(generation as i64);
         Ok(())
     }
 
     /// Replaces the cluster state, keeping the policy set.
-    pub fn swap_cluster(&self, cluster: Arc<ClusterState>) -> Result<(), crate::policy::PolicyError> {
+    pub fn swap_cluster(
+        &self,
+        cluster: Arc<ClusterState>,
+    ) -> Result<(), crate::policy::PolicyError> {
         let set = self.evaluator.load().set.clone();
-        self.evaluator.store(Arc::new(Evaluator::new(set, cluster)?));
+        self.evaluator
+            .store(Arc::new(Evaluator::new(set, cluster)?));
         Ok(())
     }
 
@@ -104,7 +109,9 @@ impl AppState {
         }
         if let Some(cert) = &self.cert {
             if cert.not_after() <= tls::now() {
-                return Err("the serving certificate has expired; rotate the mlguard-tls Secret".into());
+                return Err(
+                    "the serving certificate has expired; rotate the mlguard-tls Secret".into(),
+                );
             }
         }
         Ok(())
@@ -128,7 +135,11 @@ async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
 }
 
 /// Parses and decides; a panic anywhere in there becomes an error, never an admission.
-fn decide(state: &AppState, stage: Stage, body: &[u8]) -> Result<(ParsedReview, Verdict), ReviewError> {
+fn decide(
+    state: &AppState,
+    stage: Stage,
+    body: &[u8],
+) -> Result<(ParsedReview, Verdict), ReviewError> {
     let parsed = admission::parse(body)?;
     let evaluator = state.evaluator.load();
     let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -147,7 +158,9 @@ async fn review(state: Arc<AppState>, stage: Stage, headers: HeaderMap, body: By
     let started = Instant::now();
     let endpoint = stage.as_str();
     if !is_json(&headers) {
-        state.metrics.observe_rejected(endpoint, started.elapsed().as_secs_f64());
+        state
+            .metrics
+            .observe_rejected(endpoint, started.elapsed().as_secs_f64());
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json (an admission.k8s.io/v1 AdmissionReview)\n",
@@ -161,7 +174,11 @@ async fn review(state: Arc<AppState>, stage: Stage, headers: HeaderMap, body: By
         let state = state.clone();
         tokio::task::spawn_blocking(move || decide(&state, stage, &body))
             .await
-            .unwrap_or_else(|e| Err(ReviewError::NotAReview(format!("evaluation task failed: {e}"))))
+            .unwrap_or_else(|e| {
+                Err(ReviewError::NotAReview(format!(
+                    "evaluation task failed: {e}"
+                )))
+            })
     } else {
         decide(&state, stage, &body)
     };
@@ -173,7 +190,9 @@ async fn review(state: Arc<AppState>, stage: Stage, headers: HeaderMap, body: By
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
         }
         Ok((parsed, verdict)) => {
-            state.metrics.observe(endpoint, &parsed.kind, &parsed.operation, &verdict, seconds);
+            state
+                .metrics
+                .observe(endpoint, &parsed.kind, &parsed.operation, &verdict, seconds);
             crate::decision_log::log(endpoint, &parsed, &verdict, seconds);
             Json(parsed.reply(&verdict)).into_response()
         }
@@ -196,13 +215,20 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -282,17 +308,18 @@ pub async fn serve_tls(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -301,13 +328,18 @@ pub async fn serve_tls(
     }
     drop(listener);
     tracing::info!("draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(?drain, "in-flight requests did not finish in time");
     }
 }
 
 /// Certificates for the configured source: files as given, or development certificates.
-fn initial_certificate(tls: &TlsSource) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+fn initial_certificate(
+    tls: &TlsSource,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
     match tls {
         TlsSource::Files { cert, key } => Ok((cert.clone(), key.clone())),
         TlsSource::Dev { dir } => {
@@ -327,6 +359,32 @@ fn initial_certificate(tls: &TlsSource) -> anyhow::Result<(std::path::PathBuf, s
             Ok((dir.join("tls.crt"), dir.join("tls.key")))
         }
     }
+}
+
+/// Resolves on SIGTERM (the kubelet stopping the pod) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops mlguard");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
 }
 
 /// Everything `mlguard serve` needs, with listeners already bound (tests bind port 0).
@@ -366,7 +424,10 @@ pub async fn run(
         .await?
         .map_err(|e| anyhow::anyhow!("policies not loaded: {e}"))?;
     if let Some(reason) = &set.vm_fallback_reason {
-        tracing::warn!(reason, "policies use a construct the VM does not compile; using the interpreter");
+        tracing::warn!(
+            reason,
+            "policies use a construct the VM does not compile; using the interpreter"
+        );
     }
     let cluster = snapshot::load(&config.cluster_snapshots).map_err(|e| anyhow::anyhow!("{e}"))?;
     for problem in &cluster.problems {
@@ -388,9 +449,22 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    crate::reload::spawn_certificate_reloader(state.clone(), cert.clone(), cert_path, key_path, config.reload_interval, stop_rx.clone());
+    crate::reload::spawn_certificate_reloader(
+        state.clone(),
+        cert.clone(),
+        cert_path,
+        key_path,
+        config.reload_interval,
+        stop_rx.clone(),
+    );
     if let Origin::Directory(dir) = &config.policies {
-        crate::reload::spawn_policy_reloader(state.clone(), dir.clone(), config.backend, config.reload_interval, stop_rx.clone());
+        crate::reload::spawn_policy_reloader(
+            state.clone(),
+            dir.clone(),
+            config.backend,
+            config.reload_interval,
+            stop_rx.clone(),
+        );
     }
 
     let probe_addr = listeners.probe.local_addr()?;

@@ -50,7 +50,9 @@ fn parse_chain(cert_pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Certificate(format!("not PEM: {e}")))?;
     if chain.is_empty() {
-        return Err(TlsError::Certificate("no CERTIFICATE block in the PEM".into()));
+        return Err(TlsError::Certificate(
+            "no CERTIFICATE block in the PEM".into(),
+        ));
     }
     Ok(chain)
 }
@@ -74,7 +76,10 @@ fn cert_info(leaf: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
 
 /// Parses a certificate chain and key, checks they belong together, and returns the key pair
 /// rustls serves with and what to report about it.
-pub fn certified_key_from_pem(cert_pem: &str, key_pem: &str) -> Result<(CertifiedKey, CertInfo), TlsError> {
+pub fn certified_key_from_pem(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(CertifiedKey, CertInfo), TlsError> {
     let chain = parse_chain(cert_pem)?;
     let info = cert_info(&chain[0])?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())

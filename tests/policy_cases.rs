@@ -57,11 +57,21 @@ fn file_stem(p: &PathBuf) -> String {
 #[test]
 fn golden_cases_pass_on_the_vm() {
     let failures = run(Backend::Vm);
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
 fn golden_cases_pass_on_the_interpreter() {
     let failures = run(Backend::Interpreter);
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }

@@ -44,7 +44,11 @@ pub fn parse(input: &str) -> Result<f64, QuantityError> {
             let e: i32 = exp[1..].parse().map_err(|_| err("bad exponent"))?;
             10f64.powi(e)
         }
-        _ => return Err(err("unknown suffix; use one of m, k, M, G, Ki, Mi, Gi, ...")),
+        _ => {
+            return Err(err(
+                "unknown suffix; use one of m, k, M, G, Ki, Mi, Gi, ...",
+            ))
+        }
     };
     Ok(value * multiplier)
 }

@@ -35,7 +35,10 @@ fn flatten(value: Json, out: &mut Vec<Json>) {
     match value {
         Json::Null => {}
         Json::Object(ref map)
-            if map.get("kind").and_then(Json::as_str).is_some_and(|k| k.ends_with("List"))
+            if map
+                .get("kind")
+                .and_then(Json::as_str)
+                .is_some_and(|k| k.ends_with("List"))
                 && map.get("items").is_some_and(Json::is_array) =>
         {
             if let Some(Json::Array(items)) = value.get("items").cloned() {
@@ -57,15 +60,23 @@ pub fn add_text(state: &mut ClusterState, path: &Path, text: &str) -> Result<usi
     })?;
     let mut used = 0;
     for object in objects {
-        let kind = object.get("kind").and_then(Json::as_str).unwrap_or("").to_string();
+        let kind = object
+            .get("kind")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string();
         let bad = |e: serde_json::Error| SnapshotError::Object {
             path: path.to_path_buf(),
             message: format!("{kind}: {e}"),
         };
         match kind.as_str() {
-            "ResourceQuota" => state.add_quota(&serde_json::from_value::<ResourceQuota>(object).map_err(bad)?),
+            "ResourceQuota" => {
+                state.add_quota(&serde_json::from_value::<ResourceQuota>(object).map_err(bad)?)
+            }
             "Node" => state.add_node(&serde_json::from_value::<Node>(object).map_err(bad)?),
-            "Namespace" => state.add_namespace(&serde_json::from_value::<Namespace>(object).map_err(bad)?),
+            "Namespace" => {
+                state.add_namespace(&serde_json::from_value::<Namespace>(object).map_err(bad)?)
+            }
             _ => continue,
         }
         used += 1;

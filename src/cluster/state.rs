@@ -71,7 +71,9 @@ fn quantities(
 
 impl ClusterState {
     pub fn add_namespace(&mut self, ns: &Namespace) {
-        let Some(name) = ns.metadata.name.clone() else { return };
+        let Some(name) = ns.metadata.name.clone() else {
+            return;
+        };
         self.namespaces.insert(
             name,
             NamespaceInfo {
@@ -83,7 +85,11 @@ impl ClusterState {
 
     pub fn add_quota(&mut self, rq: &ResourceQuota) {
         let name = rq.metadata.name.clone().unwrap_or_default();
-        let namespace = rq.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = rq
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let what = format!("ResourceQuota {namespace}/{name}");
         let hard = quantities(
             rq.spec.as_ref().and_then(|s| s.hard.as_ref()),
@@ -104,7 +110,9 @@ impl ClusterState {
     }
 
     pub fn add_node(&mut self, node: &Node) {
-        let Some(name) = node.metadata.name.clone() else { return };
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
         let allocatable = quantities(
             node.status.as_ref().and_then(|s| s.allocatable.as_ref()),
             &format!("Node {name} status.allocatable"),
@@ -213,8 +221,14 @@ mod tests {
             "metadata: {name: gpu, namespace: ml}\nspec: {hard: {requests.nvidia.com/gpu: '8', limits.nvidia.com/gpu: '4'}}\nstatus: {used: {requests.nvidia.com/gpu: '3', limits.nvidia.com/gpu: '6'}}",
         ));
         let j = s.to_json();
-        assert_eq!(j["quotas"]["ml"][0]["remaining"]["requests.nvidia.com/gpu"], 5);
-        assert_eq!(j["quotas"]["ml"][0]["remaining"]["limits.nvidia.com/gpu"], 0);
+        assert_eq!(
+            j["quotas"]["ml"][0]["remaining"]["requests.nvidia.com/gpu"],
+            5
+        );
+        assert_eq!(
+            j["quotas"]["ml"][0]["remaining"]["limits.nvidia.com/gpu"],
+            0
+        );
     }
 
     #[test]
@@ -234,7 +248,9 @@ mod tests {
     #[test]
     fn bad_quantities_are_reported_not_fatal() {
         let mut s = ClusterState::default();
-        s.add_quota(&rq("metadata: {name: q, namespace: ml}\nspec: {hard: {requests.nvidia.com/gpu: lots}}"));
+        s.add_quota(&rq(
+            "metadata: {name: q, namespace: ml}\nspec: {hard: {requests.nvidia.com/gpu: lots}}",
+        ));
         assert_eq!(s.problems.len(), 1);
         assert!(s.problems[0].contains("ml/q"), "{:?}", s.problems);
     }

@@ -59,7 +59,10 @@ pub struct PolicyOutput {
 
 impl PolicyOutput {
     pub fn is_empty(&self) -> bool {
-        self.deny.is_empty() && self.warn.is_empty() && self.patch.is_empty() && self.error.is_none()
+        self.deny.is_empty()
+            && self.warn.is_empty()
+            && self.patch.is_empty()
+            && self.error.is_none()
     }
 }
 
@@ -125,7 +128,10 @@ impl Evaluator {
     /// AdmissionRequest as a regorus value (see `admission::ParsedReview`). A failing policy
     /// yields an output with `error` set; the others still run.
     pub fn evaluate(&self, review: &Value, stage: Stage) -> Vec<PolicyOutput> {
-        let operation = review["operation"].as_string().map(|s| s.to_string()).unwrap_or_default();
+        let operation = review["operation"]
+            .as_string()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let mut outputs = Vec::new();
         let mut input = Value::new_object();
         insert(&mut input, "review", review.clone());
@@ -170,7 +176,9 @@ impl Evaluator {
             (Some(base), _) => {
                 let mut engine = base.clone();
                 engine.set_input(input.clone());
-                engine.eval_rule(entry.to_string()).map_err(|e| format!("{e:#}"))
+                engine
+                    .eval_rule(entry.to_string())
+                    .map_err(|e| format!("{e:#}"))
             }
             (None, Some(program)) => VM.with(|cell| {
                 let mut slot = cell.borrow_mut();
@@ -183,7 +191,8 @@ impl Evaluator {
                 }
                 let (_, vm) = slot.as_mut().expect("VM slot was just filled");
                 vm.set_input(input.clone());
-                vm.execute_entry_point_by_name(entry).map_err(|e| e.to_string())
+                vm.execute_entry_point_by_name(entry)
+                    .map_err(|e| e.to_string())
             }),
             (None, None) => Err("policy set has no evaluator (internal error)".into()),
         }
@@ -282,7 +291,10 @@ pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<(), PolicyError> {
                     return Err(PolicyError::Shape {
                         policy: e.policy,
                         rule: e.rule.into(),
-                        message: format!("on a sample GPU {}: {}", review["kind"]["kind"], e.message),
+                        message: format!(
+                            "on a sample GPU {}: {}",
+                            review["kind"]["kind"], e.message
+                        ),
                     });
                 }
             }

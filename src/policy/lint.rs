@@ -92,9 +92,10 @@ pub fn check(file: &str, text: &str) -> Result<(), PolicyError> {
         return Err(PolicyError::Forbidden {
             file: file.into(),
             line: 1,
-            message: "missing `import rego.v1`: mlguard policies are portable Rego v1, so that OPA \
+            message:
+                "missing `import rego.v1`: mlguard policies are portable Rego v1, so that OPA \
                       evaluates them the same way; add it after the package line"
-                .into(),
+                    .into(),
         });
     }
     Ok(())
@@ -108,7 +109,10 @@ mod tests {
     fn http_send_is_refused_with_its_line() {
         let src = "package x\nimport rego.v1\n\ndeny contains m if {\n  r := http.send({})\n  m := r\n}\n";
         let err = check("p.rego", src).unwrap_err().to_string();
-        assert!(err.contains("p.rego:5") && err.contains("http.send"), "{err}");
+        assert!(
+            err.contains("p.rego:5") && err.contains("http.send"),
+            "{err}"
+        );
     }
 
     #[test]

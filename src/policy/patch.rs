@@ -65,7 +65,9 @@ fn missing_parents(doc: &Json, path: &str) -> Vec<Json> {
         // Only object members are created: a missing array element (`/containers/5`) means
         // the policy addressed something that is not there, and the apply check says so.
         let (_, parent_token) = parent_of(parent).unwrap_or(("", ""));
-        if parent_token == "-" || (!parent_token.is_empty() && parent_token.bytes().all(|b| b.is_ascii_digit())) {
+        if parent_token == "-"
+            || (!parent_token.is_empty() && parent_token.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Vec::new();
         }
         missing.push(json!({"op": "add", "path": parent, "value": empty_container_for(token)}));
@@ -186,7 +188,13 @@ mod tests {
             {"op": "add", "path": "/spec/tolerations/-", "value": {"key": "k"}}
         ]));
         let safe = make_safe(&pod, &ops).unwrap();
-        assert_eq!(safe.patched["spec"]["tolerations"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            safe.patched["spec"]["tolerations"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

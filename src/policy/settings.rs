@@ -37,7 +37,9 @@ impl std::str::FromStr for Action {
             "deny" => Ok(Action::Deny),
             "warn" => Ok(Action::Warn),
             "dryrun" => Ok(Action::Dryrun),
-            other => Err(format!("unknown action {other:?}: use deny, warn or dryrun")),
+            other => Err(format!(
+                "unknown action {other:?}: use deny, warn or dryrun"
+            )),
         }
     }
 }
@@ -80,7 +82,10 @@ impl LabelSelector {
 
     fn check(&self) -> Result<(), String> {
         for r in &self.match_expressions {
-            if !matches!(r.operator.as_str(), "In" | "NotIn" | "Exists" | "DoesNotExist") {
+            if !matches!(
+                r.operator.as_str(),
+                "In" | "NotIn" | "Exists" | "DoesNotExist"
+            ) {
                 return Err(format!(
                     "selector operator {:?} is not one of In, NotIn, Exists, DoesNotExist",
                     r.operator
@@ -314,7 +319,10 @@ mod tests {
 
     #[test]
     fn files_merge_deeply_and_conflicts_name_the_file() {
-        let a = data("a.yaml", "gpu:\n  resources: [x]\npolicies:\n  p: {action: warn}\n");
+        let a = data(
+            "a.yaml",
+            "gpu:\n  resources: [x]\npolicies:\n  p: {action: warn}\n",
+        );
         let b = data("b.json", r#"{"policies": {"q": {"action": "dryrun"}}}"#);
         let cfg = build_config(&[a.clone(), b]).unwrap();
         assert_eq!(cfg["policies"]["p"]["action"], "warn");
@@ -322,7 +330,10 @@ mod tests {
 
         let c = data("c.yaml", "policies:\n  p: {action: deny}\n");
         let err = build_config(&[a, c]).unwrap_err().to_string();
-        assert!(err.contains("c.yaml") && err.contains("policies.p.action"), "{err}");
+        assert!(
+            err.contains("c.yaml") && err.contains("policies.p.action"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -66,8 +66,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
     if !dir.is_dir() {
         return Err(PolicyError::Io {
             path: dir.display().to_string(),
-            message: "not a directory (give --policies a directory of .rego and data files)"
-                .into(),
+            message: "not a directory (give --policies a directory of .rego and data files)".into(),
         });
     }
     let mut files = Vec::new();

@@ -63,10 +63,7 @@ pub struct Verdict {
 impl Verdict {
     /// The single `status.message` of a denial.
     pub fn status_message(&self, subject: &str) -> String {
-        format!(
-            "mlguard denied {subject}: {}",
-            self.denials.join("; ")
-        )
+        format!("mlguard denied {subject}: {}", self.denials.join("; "))
     }
 
     pub fn audit_annotations(&self) -> BTreeMap<String, String> {
@@ -75,7 +72,10 @@ impl Verdict {
             out.insert(WOULD_DENY.to_string(), bounded(&self.would_deny.join("; ")));
         }
         if !self.would_patch.is_empty() {
-            out.insert(WOULD_PATCH.to_string(), bounded(&self.would_patch.join("; ")));
+            out.insert(
+                WOULD_PATCH.to_string(),
+                bounded(&self.would_patch.join("; ")),
+            );
         }
         out
     }
@@ -126,7 +126,8 @@ pub fn decide(
         let action = set
             .policy(&out.policy)
             .map_or(Action::Deny, |p| {
-                p.settings.action_for(enforcement.namespace, enforcement.labels)
+                p.settings
+                    .action_for(enforcement.namespace, enforcement.labels)
             })
             .max(enforcement.cap);
         let tag = |m: &str| format!("[{}] {m}", out.policy);
