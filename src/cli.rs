@@ -54,6 +54,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Run policy test cases (YAML) against a policy set.
     Test(TestArgs),
+    /// Time a policy set on manifests, in-process: reviews/s, latency and memory per review,
+    /// in total and per policy.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -155,4 +158,38 @@ pub struct TestArgs {
     pub cases: Vec<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BenchOutput {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Manifest files or directories (walked recursively; AdmissionReview files are used as
+    /// they are); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Cluster state file(s), as for `serve`.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_snapshot: Vec<PathBuf>,
+    /// Namespace for objects that do not name one.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// How many times every manifest is reviewed (mutate and validate each time).
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub iterations: usize,
+    /// Threads reviewing at once.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub concurrency: usize,
+    /// Caps every policy's enforcement action, as `serve --mode` does.
+    #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
+    pub mode: ModeArg,
+    /// Report format.
+    #[arg(long, short = 'o', value_enum, default_value_t = BenchOutput::Text)]
+    pub output: BenchOutput,
 }

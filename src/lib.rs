@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod bench;
 pub mod casefile;
 pub mod certs;
 pub mod cli;

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use mlguard::cli::{Cli, Command};
 
+/// Counts allocations only while `mlguard bench` measures; otherwise the system allocator.
+#[global_allocator]
+static ALLOC: mlguard::bench::CountingAlloc = mlguard::bench::CountingAlloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mlguard::logging::init(&cli.log);
@@ -14,6 +18,7 @@ fn main() -> ExitCode {
         Command::Certs(args) => report(mlguard::certs::run(&args).map(|_| ExitCode::SUCCESS)),
         Command::Audit(args) => mlguard::audit::run(&args),
         Command::Test(args) => mlguard::casefile::run(&args),
+        Command::Bench(args) => mlguard::bench::run(&args),
     }
 }
 

@@ -13,7 +13,7 @@ use regorus::{Engine, Value};
 
 use crate::cluster::ClusterState;
 
-use super::compile::{insert, Backend, PolicySet, RuleKind};
+use super::compile::{insert, Backend, Policy, PolicySet, RuleKind};
 use super::PolicyError;
 
 /// Which webhook is asking: mutation runs `patch` rules, validation runs `deny` and `warn`.
@@ -130,45 +130,61 @@ impl Evaluator {
     pub fn evaluate(&self, review: &Value, stage: Stage) -> Vec<PolicyOutput> {
         let operation = review["operation"]
             .as_string()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        let mut outputs = Vec::new();
+            .map(|s| s.as_ref())
+            .unwrap_or("");
         let mut input = Value::new_object();
         insert(&mut input, "review", review.clone());
-        for policy in &self.set.policies {
-            if !policy.settings.applies_to(&operation) {
+        self.set
+            .policies
+            .iter()
+            .filter(|policy| policy.settings.applies_to(operation))
+            .map(|policy| self.run_policy(policy, &mut input, stage))
+            .filter(|out| !out.is_empty())
+            .collect()
+    }
+
+    /// The output of one policy's rules for `stage`, whether or not the policy applies to the
+    /// review's operation: `mlguard bench` times policies one at a time with it. `None` when
+    /// the set has no policy of that name.
+    pub fn evaluate_policy(
+        &self,
+        review: &Value,
+        stage: Stage,
+        name: &str,
+    ) -> Option<PolicyOutput> {
+        let policy = self.set.policy(name)?;
+        let mut input = Value::new_object();
+        insert(&mut input, "review", review.clone());
+        Some(self.run_policy(policy, &mut input, stage))
+    }
+
+    fn run_policy(&self, policy: &Policy, input: &mut Value, stage: Stage) -> PolicyOutput {
+        insert(input, "parameters", policy.parameters.clone());
+        let mut out = PolicyOutput {
+            policy: policy.name.clone(),
+            ..Default::default()
+        };
+        for rule in stage.rules() {
+            if !policy.rules.contains(rule) {
                 continue;
             }
-            insert(&mut input, "parameters", policy.parameters.clone());
-            let mut out = PolicyOutput {
-                policy: policy.name.clone(),
-                ..Default::default()
-            };
-            for rule in stage.rules() {
-                if !policy.rules.contains(rule) {
-                    continue;
-                }
-                let result = self
-                    .run(&policy.entry_point(*rule), &input)
-                    .and_then(|value| match rule {
-                        RuleKind::Deny => messages(&value).map(|m| out.deny = m),
-                        RuleKind::Warn => messages(&value).map(|m| out.warn = m),
-                        RuleKind::Patch => patch_ops(&value).map(|p| out.patch = p),
-                    });
-                if let Err(message) = result {
-                    out.error = Some(EvalError {
-                        policy: policy.name.clone(),
-                        rule: rule.as_str(),
-                        message,
-                    });
-                    break;
-                }
-            }
-            if !out.is_empty() {
-                outputs.push(out);
+            let result = self
+                .run(&policy.entry_point(*rule), input)
+                .and_then(|value| match rule {
+                    RuleKind::Deny => messages(&value).map(|m| out.deny = m),
+                    RuleKind::Warn => messages(&value).map(|m| out.warn = m),
+                    RuleKind::Patch => patch_ops(&value).map(|p| out.patch = p),
+                });
+            if let Err(message) = result {
+                out.error = Some(EvalError {
+                    policy: policy.name.clone(),
+                    rule: rule.as_str(),
+                    message,
+                });
+                break;
             }
         }
-        outputs
+        out
     }
 
     fn run(&self, entry: &str, input: &Value) -> Result<Value, String> {

@@ -1,0 +1,26 @@
+package mlguard.policies.gpu_limits
+
+import data.mlguard.lib.gpu
+import rego.v1
+
+deny contains msg if {
+	some c in gpu.containers
+	some name in gpu.gpus(c)
+	request := object.get(c, ["resources", "requests", name], null)
+	limit := object.get(c, ["resources", "limits", name], null)
+	request != null
+	limit == null
+	msg := sprintf("%s %s/%s: container %q requests %s %s but sets no limit for it; set limits.%s = %s",
+		[input.review.kind.kind, input.review.namespace, object.get(input.review.object.metadata, "name", "(unnamed)"),
+		 c.name, request, name, name, request])
+}
+
+deny contains msg if {
+	some c in gpu.containers
+	some name in gpu.gpus(c)
+	request := c.resources.requests[name]
+	limit := c.resources.limits[name]
+	request != limit
+	msg := sprintf("container %q: %s request %s differs from its limit %s; GPUs cannot be overcommitted",
+		[c.name, name, request, limit])
+}

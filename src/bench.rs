@@ -1,0 +1,569 @@
+//! `mlguard bench`: an admin's own policies on their own manifests, in-process, so that they
+//! can see what a review costs and which policy is slow before they deploy.
+//!
+//! Every manifest becomes the AdmissionReview the API server would send (an AdmissionReview
+//! file is used as it is). Each review goes through the same pipeline as the webhook handler
+//! (parse, evaluate, decide, reply, serialize), once for `/mutate` and once for `/validate`.
+//! Then every policy is timed alone on the same reviews.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value as Json};
+
+use crate::admission::{self, ReviewError};
+use crate::cli::{BenchArgs, BenchOutput};
+use crate::cluster::{snapshot, ClusterState};
+use crate::pipeline::{admit, Mode};
+use crate::policy::{Evaluator, PolicySet, Stage};
+
+/// The webhook pipeline on one request body, without HTTP: what `/mutate` and `/validate`
+/// compute, from the body received to the body sent.
+pub fn answer(
+    evaluator: &Evaluator,
+    body: &[u8],
+    stage: Stage,
+    mode: Mode,
+) -> Result<Vec<u8>, ReviewError> {
+    let parsed = admission::parse(body)?;
+    let verdict = admit(evaluator, &parsed, stage, mode);
+    serde_json::to_vec(&parsed.reply(&verdict))
+        .map_err(|e| ReviewError::NotAReview(format!("reply not serializable: {e}")))
+}
+
+/// One request body of the workload.
+#[derive(Debug, Clone)]
+pub struct Review {
+    /// "Pod ml-team/train-0 (CREATE)", for the report.
+    pub name: String,
+    pub body: Vec<u8>,
+}
+
+/// Turns manifests into the reviews the API server would send on CREATE. Objects that are
+/// already AdmissionReviews are taken as they are.
+pub fn reviews_for(objects: &[Json], namespace: &str) -> Vec<Review> {
+    objects
+        .iter()
+        .enumerate()
+        .map(|(i, object)| {
+            let review = if object["kind"] == "AdmissionReview" {
+                object.clone()
+            } else {
+                let ns = object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or(namespace);
+                crate::casefile::review_for(
+                    object,
+                    ns,
+                    "CREATE",
+                    None,
+                    false,
+                    &format!("bench-{i}"),
+                )
+            };
+            let request = &review["request"];
+            let object = if request["object"].is_object() {
+                &request["object"]
+            } else {
+                &request["oldObject"]
+            };
+            let name = object["metadata"]["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .or_else(|| {
+                    object["metadata"]["generateName"]
+                        .as_str()
+                        .map(|g| format!("{g}*"))
+                })
+                .unwrap_or_else(|| "(unnamed)".into());
+            Review {
+                name: format!(
+                    "{} {}/{} ({})",
+                    request["kind"]["kind"].as_str().unwrap_or("?"),
+                    request["namespace"].as_str().unwrap_or(""),
+                    name,
+                    request["operation"].as_str().unwrap_or("?"),
+                ),
+                body: serde_json::to_vec(&review).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// Counts heap allocations made on the current thread while counting is switched on.
+/// `mlguard`'s binary installs it as the global allocator; the check costs one relaxed load
+/// per allocation when no benchmark is running.
+pub struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static ALLOCATED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size());
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size());
+        std::alloc::System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count(new_size.saturating_sub(layout.size()));
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[inline]
+fn count(bytes: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        let _ = ALLOCATED.try_with(|c| {
+            let (b, n) = c.get();
+            c.set((b + bytes as u64, n + 1));
+        });
+    }
+}
+
+/// Bytes and allocations made so far on this thread, while counting was on. Always zero when
+/// the running binary has not installed [`CountingAlloc`].
+fn allocated() -> (u64, u64) {
+    ALLOCATED.try_with(Cell::get).unwrap_or((0, 0))
+}
+
+/// Latency samples in nanoseconds and what they allocated.
+#[derive(Debug, Default, Clone)]
+struct Samples {
+    nanos: Vec<u64>,
+    bytes: u64,
+    allocations: u64,
+}
+
+impl Samples {
+    fn add(&mut self, elapsed: Duration, alloc: (u64, u64)) {
+        self.nanos.push(elapsed.as_nanos() as u64);
+        self.bytes += alloc.0;
+        self.allocations += alloc.1;
+    }
+    fn merge(&mut self, other: Samples) {
+        self.nanos.extend(other.nanos);
+        self.bytes += other.bytes;
+        self.allocations += other.allocations;
+    }
+    fn summary(&mut self, wall: Option<Duration>) -> Json {
+        self.nanos.sort_unstable();
+        let n = self.nanos.len().max(1) as f64;
+        let pct = |p: f64| -> f64 {
+            if self.nanos.is_empty() {
+                return 0.0;
+            }
+            let i = ((p / 100.0) * (self.nanos.len() - 1) as f64).round() as usize;
+            self.nanos[i] as f64 / 1000.0
+        };
+        let total: u64 = self.nanos.iter().sum();
+        let mut out = json!({
+            "reviews": self.nanos.len(),
+            "mean_us": round(total as f64 / n / 1000.0),
+            "p50_us": round(pct(50.0)),
+            "p99_us": round(pct(99.0)),
+            "max_us": round(pct(100.0)),
+            "alloc_bytes_per_review": (self.bytes as f64 / n).round(),
+            "allocs_per_review": (self.allocations as f64 / n).round(),
+        });
+        if let Some(wall) = wall {
+            out["reviews_per_second"] =
+                json!((self.nanos.len() as f64 / wall.as_secs_f64()).round());
+            out["wall_seconds"] = json!(round(wall.as_secs_f64()));
+        }
+        out
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, (u64, u64)) {
+    let before = allocated();
+    let started = Instant::now();
+    let out = f();
+    let elapsed = started.elapsed();
+    let after = allocated();
+    (out, elapsed, (after.0 - before.0, after.1 - before.1))
+}
+
+const STAGES: [Stage; 2] = [Stage::Mutate, Stage::Validate];
+
+/// The whole pipeline, `iterations` times over every review and stage, on `threads` threads.
+/// Returns the samples of all and of each review, and the wall time.
+fn run_pipeline(
+    evaluator: &Evaluator,
+    reviews: &[Review],
+    mode: Mode,
+    iterations: usize,
+    threads: usize,
+) -> (Samples, Vec<Samples>, Duration, Vec<String>) {
+    let started = Instant::now();
+    let per_thread: Vec<(Vec<Samples>, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut samples = vec![Samples::default(); reviews.len()];
+                    let mut errors = Vec::new();
+                    // Iterations are dealt out to threads round-robin.
+                    for _ in (t..iterations).step_by(threads) {
+                        for (i, review) in reviews.iter().enumerate() {
+                            for stage in STAGES {
+                                let (result, elapsed, alloc) =
+                                    timed(|| answer(evaluator, &review.body, stage, mode));
+                                samples[i].add(elapsed, alloc);
+                                if let Err(e) = result {
+                                    if errors.is_empty() {
+                                        errors.push(format!("{}: {e}", review.name));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    (samples, errors)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let wall = started.elapsed();
+    let mut by_review = vec![Samples::default(); reviews.len()];
+    let mut errors = Vec::new();
+    for (samples, errs) in per_thread {
+        for (acc, s) in by_review.iter_mut().zip(samples) {
+            acc.merge(s);
+        }
+        errors.extend(errs);
+    }
+    let mut all = Samples::default();
+    for s in &by_review {
+        all.merge(s.clone());
+    }
+    (all, by_review, wall, errors)
+}
+
+/// Every policy alone on every parsed review, for the stages it has rules for.
+fn run_policies(evaluator: &Evaluator, reviews: &[Review], iterations: usize) -> Vec<Json> {
+    let parsed: Vec<_> = reviews
+        .iter()
+        .filter_map(|r| admission::parse(&r.body).ok())
+        .filter(|p| p.is_policy_subject())
+        .collect();
+    let mut rows: Vec<(String, Vec<&str>, Samples, usize)> = Vec::new();
+    for policy in &evaluator.set.policies {
+        let mut samples = Samples::default();
+        let mut fired = 0;
+        for _ in 0..iterations {
+            for review in &parsed {
+                if !policy.settings.applies_to(&review.operation) {
+                    continue;
+                }
+                for stage in STAGES {
+                    let (out, elapsed, alloc) =
+                        timed(|| evaluator.evaluate_policy(&review.request, stage, &policy.name));
+                    samples.add(elapsed, alloc);
+                    fired += usize::from(out.is_some_and(|o| !o.is_empty()));
+                }
+            }
+        }
+        let rules = policy.rules.iter().map(|r| r.as_str()).collect();
+        rows.push((
+            policy.name.clone(),
+            rules,
+            samples,
+            fired / iterations.max(1),
+        ));
+    }
+    let total_us: f64 = rows
+        .iter()
+        .map(|(_, _, s, _)| s.nanos.iter().sum::<u64>() as f64 / 1000.0)
+        .sum();
+    rows.into_iter()
+        .map(|(name, rules, mut samples, fired)| {
+            let spent = samples.nanos.iter().sum::<u64>() as f64 / 1000.0;
+            let mut row = samples.summary(None);
+            row["policy"] = json!(name);
+            row["rules"] = json!(rules);
+            row["findings_per_pass"] = json!(fired);
+            row["share_percent"] = json!(if total_us > 0.0 {
+                round(100.0 * spent / total_us)
+            } else {
+                0.0
+            });
+            row
+        })
+        .collect()
+}
+
+/// What each webhook answers for `review`: allowed, patched, warned, denied or error.
+fn outcomes(evaluator: &Evaluator, review: &Review, mode: Mode) -> Json {
+    match admission::parse(&review.body) {
+        Err(e) => json!({ "error": e.to_string() }),
+        Ok(parsed) => {
+            let mut out = serde_json::Map::new();
+            for stage in STAGES {
+                let verdict = admit(evaluator, &parsed, stage, mode);
+                out.insert(
+                    stage.as_str().into(),
+                    json!(crate::metrics::outcome(&verdict)),
+                );
+            }
+            Json::Object(out)
+        }
+    }
+}
+
+/// Peak and current resident memory of this process, in KiB, from /proc (Linux only).
+fn memory_kib() -> (Option<u64>, Option<u64>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Json>, String> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            for e in walkdir::WalkDir::new(p).sort_by_file_name().into_iter() {
+                let e = e.map_err(|e| format!("{}: {e}", p.display()))?;
+                let name = e.file_name().to_string_lossy().to_string();
+                if e.file_type().is_file()
+                    && [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x))
+                {
+                    files.push(e.into_path());
+                }
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut objects = Vec::new();
+    for file in files {
+        let text = if file == Path::new("-") {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(&file)
+        }
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+        objects.extend(
+            snapshot::parse_objects(&text).map_err(|e| format!("{}: {e}", file.display()))?,
+        );
+    }
+    Ok(objects)
+}
+
+/// The reviews for manifests or AdmissionReview files under `paths`.
+pub fn read_reviews(paths: &[PathBuf], namespace: &str) -> Result<Vec<Review>, String> {
+    let objects = read_manifests(paths)?;
+    if objects.is_empty() {
+        return Err(format!("no Kubernetes objects in {paths:?}"));
+    }
+    Ok(reviews_for(&objects, namespace))
+}
+
+/// Everything the report says, as JSON (`--output json` prints it as is).
+pub fn measure(args: &BenchArgs) -> Result<Json, String> {
+    let (origin, backend) = crate::config::policy_origin(&args.policy);
+    let ((set, cluster), load_time, _) = timed(|| {
+        let set = PolicySet::load(origin.clone(), backend);
+        let cluster = snapshot::load(&args.cluster_snapshot);
+        (set, cluster)
+    });
+    let set = set.map_err(|e| format!("policies not loaded: {e}"))?;
+    let cluster: ClusterState = cluster.map_err(|e| e.to_string())?;
+    let evaluator = Evaluator::new(set.clone(), Arc::new(cluster)).map_err(|e| e.to_string())?;
+    let reviews = read_reviews(&args.files, &args.namespace)?;
+    let mode = Mode::from(args.mode);
+    let iterations = args.iterations.max(1);
+    let threads = args.concurrency.max(1);
+
+    // One untimed pass warms the VMs of the threads and the caches.
+    let _ = run_pipeline(&evaluator, &reviews, mode, threads, threads);
+    COUNTING.store(true, Ordering::Relaxed);
+    let (mut all, by_review, wall, errors) =
+        run_pipeline(&evaluator, &reviews, mode, iterations, threads);
+    let policies = run_policies(&evaluator, &reviews, iterations);
+    COUNTING.store(false, Ordering::Relaxed);
+    let (peak_kib, rss_kib) = memory_kib();
+
+    let per_review: Vec<Json> = reviews
+        .iter()
+        .zip(by_review)
+        .map(|(review, mut samples)| {
+            let mut row = samples.summary(None);
+            row["review"] = json!(review.name);
+            row["body_bytes"] = json!(review.body.len());
+            row["outcome"] = outcomes(&evaluator, review, mode);
+            row
+        })
+        .collect();
+    Ok(json!({
+        "policies_from": origin.to_string(),
+        "evaluator": set.backend.as_str(),
+        "policy_count": set.policies.len(),
+        "load_ms": round(load_time.as_secs_f64() * 1000.0),
+        "objects": reviews.len(),
+        "iterations": iterations,
+        "concurrency": threads,
+        "total": all.summary(Some(wall)),
+        "reviews": per_review,
+        "policies": policies,
+        "errors": errors,
+        "memory": {
+            "peak_rss_kib": peak_kib,
+            "rss_kib": rss_kib,
+            "counted_allocations": allocated() != (0, 0),
+        },
+    }))
+}
+
+/// A number from the report as a table cell: integers without a fraction, others with one
+/// decimal.
+fn cell(v: &Json) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn kib(v: &Json) -> String {
+    format!("{:.1} KiB", v.as_f64().unwrap_or(0.0) / 1024.0)
+}
+
+fn text_report(r: &Json) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let t = &r["total"];
+    let _ = writeln!(
+        s,
+        "mlguard bench: {} policies from {} ({} evaluator), loaded and compiled in {} ms",
+        cell(&r["policy_count"]),
+        r["policies_from"].as_str().unwrap_or("?"),
+        r["evaluator"].as_str().unwrap_or("?"),
+        cell(&r["load_ms"])
+    );
+    let _ = writeln!(
+        s,
+        "{} objects -> {} reviews (mutate + validate each), {} iterations on {} thread(s)\n",
+        cell(&r["objects"]),
+        cell(&t["reviews"]),
+        cell(&r["iterations"]),
+        cell(&r["concurrency"])
+    );
+    let _ = writeln!(
+        s,
+        "total: {} reviews/s, p50 {} us, p99 {} us, max {} us; {} and {} allocations per review",
+        cell(&t["reviews_per_second"]),
+        cell(&t["p50_us"]),
+        cell(&t["p99_us"]),
+        cell(&t["max_us"]),
+        kib(&t["alloc_bytes_per_review"]),
+        cell(&t["allocs_per_review"])
+    );
+    let m = &r["memory"];
+    let _ = writeln!(
+        s,
+        "memory: peak RSS {} KiB, RSS now {} KiB{}\n",
+        cell(&m["peak_rss_kib"]),
+        cell(&m["rss_kib"]),
+        if m["counted_allocations"] == true {
+            ""
+        } else {
+            " (allocations not counted: the allocator counter is not installed)"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{:<52} {:>9} {:>9} {:>9} {:>11}  mutate/validate",
+        "per review (whole pipeline)", "bytes", "p50 us", "p99 us", "alloc"
+    );
+    for row in r["reviews"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {:<50} {:>9} {:>9} {:>9} {:>11}  {}/{}",
+            row["review"].as_str().unwrap_or("?"),
+            cell(&row["body_bytes"]),
+            cell(&row["p50_us"]),
+            cell(&row["p99_us"]),
+            kib(&row["alloc_bytes_per_review"]),
+            row["outcome"]["mutate"].as_str().unwrap_or("?"),
+            row["outcome"]["validate"].as_str().unwrap_or("?"),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<30} {:<16} {:>9} {:>9} {:>9} {:>7} {:>11}",
+        "per policy (evaluated alone)", "rules", "mean us", "p50 us", "p99 us", "share", "alloc"
+    );
+    for row in r["policies"].as_array().into_iter().flatten() {
+        let rules: Vec<&str> = row["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_str)
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {:<28} {:<16} {:>9} {:>9} {:>9} {:>6}% {:>11}",
+            row["policy"].as_str().unwrap_or("?"),
+            rules.join(","),
+            cell(&row["mean_us"]),
+            cell(&row["p50_us"]),
+            cell(&row["p99_us"]),
+            cell(&row["share_percent"]),
+            kib(&row["alloc_bytes_per_review"])
+        );
+    }
+    for e in r["errors"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "\nerror: {}", e.as_str().unwrap_or("?"));
+    }
+    s
+}
+
+/// `mlguard bench`: exit 0 with a report, 2 when the policies or manifests cannot be read,
+/// 1 when a review failed to parse (the report still prints).
+pub fn run(args: &BenchArgs) -> ExitCode {
+    match measure(args) {
+        Err(e) => {
+            eprintln!("mlguard bench: {e}");
+            ExitCode::from(2)
+        }
+        Ok(report) => {
+            match args.output {
+                BenchOutput::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+                BenchOutput::Text => print!("{}", text_report(&report)),
+            }
+            if report["errors"].as_array().is_some_and(|e| !e.is_empty()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}

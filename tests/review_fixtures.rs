@@ -1,0 +1,110 @@
+//! The AdmissionReview fixtures in tests/fixtures/reviews answer as their README says.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mlguard::bench::answer;
+use mlguard::pipeline::Mode;
+use mlguard::policy::source::Origin;
+use mlguard::policy::{Backend, Evaluator, PolicySet, Stage};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What the webhook answers: allowed, and how many patch operations.
+fn outcome(evaluator: &Evaluator, file: &str, stage: Stage) -> (bool, usize, Vec<String>) {
+    let body = std::fs::read(root().join("tests/fixtures/reviews").join(file)).unwrap();
+    let reply = answer(evaluator, &body, stage, Mode::Enforce).unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let response = &reply["response"];
+    assert_eq!(
+        response["uid"], request["request"]["uid"],
+        "{file}: uid echoed"
+    );
+    // kube-core serializes the patch bytes as a JSON array of numbers, which the API server's
+    // decoder accepts as well as the base64 string Go itself writes.
+    let bytes: Option<Vec<u8>> = match &response["patch"] {
+        serde_json::Value::String(p) => {
+            use base64::Engine;
+            Some(base64::engine::general_purpose::STANDARD.decode(p).unwrap())
+        }
+        serde_json::Value::Array(_) => {
+            Some(serde_json::from_value(response["patch"].clone()).unwrap())
+        }
+        _ => None,
+    };
+    let ops = bytes.map_or(0, |b| {
+        serde_json::from_slice::<Vec<serde_json::Value>>(&b)
+            .unwrap()
+            .len()
+    });
+    let warnings = response["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    (response["allowed"] == true, ops, warnings)
+}
+
+fn evaluator(origin: Origin) -> Evaluator {
+    let set = PolicySet::load(origin, Backend::Vm).unwrap();
+    Evaluator::new(set, Arc::default()).unwrap()
+}
+
+#[test]
+fn fixtures_are_real_reviews_of_the_documented_size() {
+    let dir = root().join("tests/fixtures/reviews");
+    let size = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
+    assert!((2_500..4_000).contains(&size("pod-small.json")));
+    assert!((8_000..10_500).contains(&size("pod-gpu-job.json")));
+    assert!(size("pod-large.json") >= 256 * 1024);
+    let gpu: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("pod-gpu-job.json")).unwrap()).unwrap();
+    let meta = &gpu["request"]["object"]["metadata"];
+    assert!(meta["managedFields"].is_array());
+    assert_eq!(meta["ownerReferences"][0]["kind"], "Job");
+    assert!(meta["generateName"].is_string() && meta["name"].is_null());
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name.ends_with(".json") {
+            assert!(readme.contains(&name), "README.md does not describe {name}");
+        }
+    }
+}
+
+#[test]
+fn outcomes_under_the_benchmark_policies() {
+    let e = evaluator(Origin::Directory(PathBuf::from(
+        root().join("benches/policies"),
+    )));
+    use Stage::{Mutate, Validate};
+    // (file, stage, allowed, patch operations)
+    let expected = [
+        ("pod-small.json", Mutate, true, 0),
+        ("pod-small.json", Validate, true, 0),
+        ("pod-gpu-job.json", Mutate, true, 1),
+        ("pod-gpu-job.json", Validate, true, 0),
+        ("pod-large.json", Mutate, true, 1),
+        ("pod-large.json", Validate, true, 0),
+        ("pod-gpu-no-limit.json", Mutate, true, 1),
+        ("pod-gpu-no-limit.json", Validate, false, 0),
+        ("job-create.json", Mutate, true, 1),
+        ("job-create.json", Validate, false, 0),
+        ("pod-update.json", Mutate, true, 0),
+        ("pod-update.json", Validate, true, 0),
+        ("deployment.json", Mutate, true, 0),
+        ("deployment.json", Validate, true, 0),
+    ];
+    for (file, stage, allowed, ops) in expected {
+        let (a, o, _) = outcome(&e, file, stage);
+        assert_eq!((a, o), (allowed, ops), "{file} at {}", stage.as_str());
+    }
+    let (_, _, warnings) = outcome(&e, "pod-gpu-no-limit.json", Validate);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "unlabelled GPU pod is warned: {warnings:?}"
+    );
+}
