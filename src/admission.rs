@@ -50,29 +50,92 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Removes `metadata.managedFields`: policies never read it and it is often the largest part
-/// of an object, so converting it would cost time on every request.
-fn drop_managed_fields(request: &mut Value) {
-    let Ok(req) = request.as_object_mut() else {
-        return;
-    };
-    for key in ["object", "oldObject"] {
-        if let Some(object) = req.get_mut(&Value::from(key)) {
-            if let Ok(obj) = object.as_object_mut() {
-                if let Some(meta) = obj.get_mut(&Value::from("metadata")) {
-                    if let Ok(m) = meta.as_object_mut() {
-                        m.remove(&Value::from("managedFields"));
-                    }
-                }
-            }
+/// Where the deserializer is in the review. `metadata.managedFields` of the object and the
+/// old object is skipped while parsing, never built: policies do not read it, and it is often
+/// the largest part of an object, so building it would cost time on every request.
+#[derive(Debug, Clone, Copy)]
+enum Level {
+    Review,
+    Request,
+    Object,
+    Metadata,
+}
+
+impl Level {
+    /// The level of the value under `key`, or `None` to deserialize it as a plain value.
+    fn child(self, key: &str) -> Option<Option<Level>> {
+        match (self, key) {
+            (Level::Review, "request") => Some(Some(Level::Request)),
+            (Level::Request, "object" | "oldObject") => Some(Some(Level::Object)),
+            (Level::Object, "metadata") => Some(Some(Level::Metadata)),
+            (Level::Metadata, "managedFields") => Some(None),
+            _ => None,
         }
     }
 }
 
+impl<'de> serde::de::DeserializeSeed<'de> for Level {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Level {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element::<Value>()? {
+            items.push(v);
+        }
+        Ok(Value::from(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = std::collections::BTreeMap::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value = match self.child(&key) {
+                None => map.next_value::<Value>()?,
+                Some(Some(level)) => map.next_value_seed(level)?,
+                Some(None) => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            out.insert(Value::from(key.as_ref()), value);
+        }
+        Ok(Value::from(out))
+    }
+}
+
 pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
-    let text_body = std::str::from_utf8(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
-    let mut review =
-        Value::from_json_str(text_body).map_err(|e| ReviewError::NotJson(format!("{e:#}")))?;
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut review = Level::Review
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| ReviewError::NotJson(e.to_string()))?;
     if !matches!(review, Value::Object(_)) {
         return Err(ReviewError::NotAReview("expected a JSON object".into()));
     }
@@ -84,7 +147,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
              admissionReviewVersions: [v1]"
         )));
     }
-    let mut request = match review.as_object_mut() {
+    let request = match review.as_object_mut() {
         Ok(map) => map.remove(&Value::from("request")),
         Err(_) => None,
     }
@@ -94,7 +157,6 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
     if uid.is_empty() {
         return Err(ReviewError::MissingUid);
     }
-    drop_managed_fields(&mut request);
     let object = &request["object"];
     let name = match text(&object["metadata"]["name"]) {
         n if !n.is_empty() => n,
