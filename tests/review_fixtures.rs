@@ -1,6 +1,6 @@
 //! The AdmissionReview fixtures in tests/fixtures/reviews answer as their README says.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use mlguard::bench::answer;
@@ -76,9 +76,7 @@ fn fixtures_are_real_reviews_of_the_documented_size() {
 
 #[test]
 fn outcomes_under_the_benchmark_policies() {
-    let e = evaluator(Origin::Directory(PathBuf::from(
-        root().join("benches/policies"),
-    )));
+    let e = evaluator(Origin::Directory(root().join("benches/policies")));
     use Stage::{Mutate, Validate};
     // (file, stage, allowed, patch operations)
     let expected = [
