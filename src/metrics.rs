@@ -134,7 +134,7 @@ impl Metrics {
         let cluster_state_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "cluster_state_age_seconds",
-            "Seconds since the live cluster state (quotas, nodes, namespaces) last changed or resynced",
+            "Seconds since the live cluster state (quotas, nodes, namespaces) was last known current: near 0 while the watches are healthy, growing while the API server is unreachable",
             cluster_state_age.clone(),
         );
         registry.register(
@@ -165,12 +165,16 @@ impl Metrics {
         self.cluster_state_updated.store(unix, Ordering::Relaxed);
     }
 
+    /// Seconds since the live cluster state was last known current; None when it is not live.
+    pub fn cluster_state_age(&self) -> Option<i64> {
+        let updated = self.cluster_state_updated.load(Ordering::Relaxed);
+        (updated > 0).then(|| (crate::tls::now() - updated).max(0))
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let updated = self.cluster_state_updated.load(Ordering::Relaxed);
-        if updated > 0 {
-            self.cluster_state_age
-                .set((crate::tls::now() - updated).max(0) as f64);
+        if let Some(age) = self.cluster_state_age() {
+            self.cluster_state_age.set(age as f64);
         }
         let mut out = String::new();
         // Writing to a String cannot fail.

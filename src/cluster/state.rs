@@ -15,11 +15,22 @@ pub struct NamespaceInfo {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// One scope of a ResourceQuota: `spec.scopes` entries (operator `Exists`) and
+/// `spec.scopeSelector.matchExpressions` alike. A scoped quota charges only the pods that every
+/// term selects (see `usage::scopes_select`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeTerm {
+    pub scope_name: String,
+    pub operator: String,
+    pub values: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Quota {
     pub name: String,
     pub hard: BTreeMap<String, f64>,
     pub used: BTreeMap<String, f64>,
+    pub scopes: Vec<ScopeTerm>,
 }
 
 impl Quota {
@@ -103,9 +114,36 @@ impl ClusterState {
         );
         // status.hard is what the quota controller enforces; spec.hard is what was asked for.
         // They differ only briefly after an edit, and spec is the intent, so spec wins.
+        let spec = rq.spec.as_ref();
+        let mut scopes: Vec<ScopeTerm> = spec
+            .and_then(|s| s.scopes.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|scope| ScopeTerm {
+                scope_name: scope.clone(),
+                operator: "Exists".into(),
+                values: Vec::new(),
+            })
+            .collect();
+        scopes.extend(
+            spec.and_then(|s| s.scope_selector.as_ref())
+                .and_then(|s| s.match_expressions.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|e| ScopeTerm {
+                    scope_name: e.scope_name.clone(),
+                    operator: e.operator.clone(),
+                    values: e.values.clone().unwrap_or_default(),
+                }),
+        );
         let entry = self.quotas.entry(namespace).or_default();
         entry.retain(|q| q.name != name);
-        entry.push(Quota { name, hard, used });
+        entry.push(Quota {
+            name,
+            hard,
+            used,
+            scopes,
+        });
         entry.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
@@ -171,20 +209,30 @@ impl ClusterState {
                 )
             })
             .collect();
-        let quotas: Map<String, Json> = self
-            .quotas
-            .iter()
-            .map(|(ns, qs)| {
-                let list: Vec<Json> = qs
-                    .iter()
-                    .map(|q| {
-                        json!({"name": q.name, "hard": numbers(&q.hard), "used": numbers(&q.used),
-                               "remaining": numbers(&q.remaining())})
-                    })
-                    .collect();
-                (ns.clone(), Json::Array(list))
-            })
-            .collect();
+        let quotas: Map<String, Json> =
+            self.quotas
+                .iter()
+                .map(|(ns, qs)| {
+                    let list: Vec<Json> =
+                        qs.iter()
+                            .map(|q| {
+                                let mut quota = json!({"name": q.name, "hard": numbers(&q.hard),
+                            "used": numbers(&q.used), "remaining": numbers(&q.remaining())});
+                                // Only scoped quotas carry `scopes`, so unscoped documents are unchanged.
+                                if !q.scopes.is_empty() {
+                                    quota["scopes"] = q
+                                .scopes
+                                .iter()
+                                .map(|t| json!({"scopeName": t.scope_name, "operator": t.operator,
+                                                "values": t.values}))
+                                .collect();
+                                }
+                                quota
+                            })
+                            .collect();
+                    (ns.clone(), Json::Array(list))
+                })
+                .collect();
         let nodes: Map<String, Json> = self
             .nodes
             .iter()
