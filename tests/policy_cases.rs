@@ -75,3 +75,27 @@ fn golden_cases_pass_on_the_interpreter() {
         failures.join("\n\n")
     );
 }
+
+/// The default set must run on the bytecode VM: falling back to the interpreter would cost
+/// several times the latency on every request.
+#[test]
+fn default_policies_compile_for_the_vm() {
+    let set = mlguard::policy::PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
+    assert_eq!(set.backend, Backend::Vm, "fell back: {:?}", set.vm_fallback_reason);
+    let mut names = set.policy_names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "gpu_capacity",
+            "gpu_limits",
+            "gpu_memory_limit",
+            "gpu_node_affinity",
+            "gpu_quota",
+            "gpu_shm",
+            "gpu_toleration",
+            "job_deadline",
+            "job_lifecycle"
+        ]
+    );
+}
