@@ -19,6 +19,7 @@
 //!       deny: ["substring", ...]   # one substring per expected denial; none if omitted
 //!       warn: ["substring", ...]   # one substring per expected warning; none if omitted
 //!       would_deny: [...]          # dry-run records; none if omitted
+//!       would_patch: [...]         # dry-run patch operations ("add /spec/..."); none if omitted
 //! ```
 
 use std::collections::BTreeMap;
@@ -82,6 +83,8 @@ pub struct Expect {
     pub warn: Vec<String>,
     #[serde(default)]
     pub would_deny: Vec<String>,
+    #[serde(default)]
+    pub would_patch: Vec<String>,
 }
 
 /// The result of one case.
@@ -349,6 +352,13 @@ pub fn run_file(
             compare_messages("denial", &expect.deny, &denials, &mut failures);
             compare_messages("warning", &expect.warn, &warnings, &mut failures);
             compare_messages("dry-run denial", &expect.would_deny, &would, &mut failures);
+            let would_patch: Vec<String> = sim.mutate.would_patch.clone();
+            compare_messages(
+                "dry-run patch",
+                &expect.would_patch,
+                &would_patch,
+                &mut failures,
+            );
             mutated = Some(sim.mutated);
             Ok(())
         })();

@@ -81,7 +81,12 @@ fn golden_cases_pass_on_the_interpreter() {
 #[test]
 fn default_policies_compile_for_the_vm() {
     let set = mlguard::policy::PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
-    assert_eq!(set.backend, Backend::Vm, "fell back: {:?}", set.vm_fallback_reason);
+    assert_eq!(
+        set.backend,
+        Backend::Vm,
+        "fell back: {:?}",
+        set.vm_fallback_reason
+    );
     let mut names = set.policy_names();
     names.sort();
     assert_eq!(

@@ -168,8 +168,15 @@ parallelism := object.get(obj.spec, "parallelism", 1)
 
 # The longest activeDeadlineSeconds allowed in the namespace: its annotation, else its entry
 # in the configuration, else the cluster-wide maximum.
-max_deadline := v if {
-	v := to_number(data.mlguard.cluster.namespaces[namespace].annotations[jobs_config.max_deadline_annotation])
-} else := v if {
-	v := jobs_config.namespace_max_active_deadline_seconds[namespace]
-} else := jobs_config.max_active_deadline_seconds
+annotated_deadline := to_number(data.mlguard.cluster.namespaces[namespace].annotations[jobs_config.max_deadline_annotation])
+
+configured_deadline := jobs_config.namespace_max_active_deadline_seconds[namespace]
+
+max_deadline := annotated_deadline
+
+max_deadline := configured_deadline if not annotated_deadline
+
+max_deadline := jobs_config.max_active_deadline_seconds if {
+	not annotated_deadline
+	not configured_deadline
+}
