@@ -2,7 +2,7 @@
 //! evaluators, and writes each mutated object to target/mutated-objects/ so that
 //! `scripts/test` can validate them against the Kubernetes OpenAPI schema.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mlguard::casefile::{collect, run_file};
 use mlguard::policy::source::{embedded, Origin};
@@ -50,7 +50,7 @@ fn run(backend: Backend) -> Vec<String> {
     failures
 }
 
-fn file_stem(p: &PathBuf) -> String {
+fn file_stem(p: &Path) -> String {
     p.file_stem().unwrap().to_string_lossy().into_owned()
 }
 
