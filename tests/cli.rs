@@ -45,7 +45,10 @@ fn mlguard_test_runs_the_default_cases() {
     assert!(out.status.success(), "{t}");
     let summary = t.lines().last().unwrap();
     let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
-    assert!(passed >= 40 && summary.ends_with(" passed, 0 failed"), "{summary}");
+    assert!(
+        passed >= 40 && summary.ends_with(" passed, 0 failed"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -78,7 +81,11 @@ fn a_failing_case_fails_the_run_and_says_why() {
     .unwrap();
     let out = mlguard(&["test", cases.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(r#"expected a denial containing "nope""#), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#"expected a denial containing "nope""#),
+        "{}",
+        text(&out)
+    );
     assert!(text(&out).contains("0 passed, 1 failed"));
 }
 
@@ -108,7 +115,10 @@ fn serve_refuses_a_policy_that_does_not_compile_naming_file_and_line() {
         "broken.rego",
         "package mlguard.policies.broken\n\nimport rego.v1\n\ndeny contains msg if {\n  msg := \n}\n",
     )]);
-    assert!(t.contains("broken.rego:6:7") && t.contains("policies not loaded"), "{t}");
+    assert!(
+        t.contains("broken.rego:6:7") && t.contains("policies not loaded"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -117,7 +127,10 @@ fn serve_refuses_http_send() {
         "net.rego",
         "package mlguard.policies.net\n\nimport rego.v1\n\ndeny contains r.body if {\n  r := http.send({\"method\": \"GET\", \"url\": \"http://x\"})\n}\n",
     )]);
-    assert!(t.contains("net.rego:6") && t.contains("http.send makes network calls"), "{t}");
+    assert!(
+        t.contains("net.rego:6") && t.contains("http.send makes network calls"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -126,13 +139,19 @@ fn serve_refuses_output_of_the_wrong_shape() {
         "shape.rego",
         "package mlguard.policies.shape\n\nimport rego.v1\n\ndeny contains 42 if true\n",
     )]);
-    assert!(t.contains("policy shape: `deny`") && t.contains("string `msg`"), "{t}");
+    assert!(
+        t.contains("policy shape: `deny`") && t.contains("string `msg`"),
+        "{t}"
+    );
 }
 
 #[test]
 fn serve_refuses_settings_for_a_policy_that_does_not_exist() {
     let t = serve_refuses(&[("typo.yaml", "policies:\n  gpu_limit: {action: warn}\n")]);
-    assert!(t.contains("gpu_limit") && t.contains("known policies"), "{t}");
+    assert!(
+        t.contains("gpu_limit") && t.contains("known policies"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -152,13 +171,21 @@ fn certs_writes_a_ca_and_a_serving_certificate_for_the_service() {
     let info = mlguard::tls::inspect_pem(&read("tls.crt"), &read("tls.key")).unwrap();
     assert_eq!(
         info.dns_names,
-        ["guard", "guard.ops", "guard.ops.svc", "guard.ops.svc.cluster.local"]
+        [
+            "guard",
+            "guard.ops",
+            "guard.ops.svc",
+            "guard.ops.svc.cluster.local"
+        ]
     );
     assert!(read("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out_dir.path().join("tls.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(out_dir.path().join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     assert!(text(&out).contains("caBundle"));
@@ -176,7 +203,11 @@ fn get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -215,7 +246,13 @@ fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_si
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("caBundle") && stdout.contains("LS0tLS1CRUdJTi"), "{stdout}");
+    assert!(
+        stdout.contains("caBundle") && stdout.contains("LS0tLS1CRUdJTi"),
+        "{stdout}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("shutdown requested") && stderr.contains("mlguard stopped"), "{stderr}");
+    assert!(
+        stderr.contains("shutdown requested") && stderr.contains("mlguard stopped"),
+        "{stderr}"
+    );
 }

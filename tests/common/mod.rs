@@ -53,6 +53,13 @@ impl TestServer {
     /// Starts `mlguard serve ARGS` (listeners on 127.0.0.1:0 are added) and waits for
     /// /readyz. `args` are the command-line flags a user would pass.
     pub async fn start(args: &[&str]) -> TestServer {
+        let server = TestServer::spawn(args).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts `mlguard serve ARGS` without waiting for readiness.
+    pub async fn spawn(args: &[&str]) -> TestServer {
         let mut full = vec!["mlguard", "serve"];
         full.extend_from_slice(args);
         let Command::Serve(serve) = Cli::try_parse_from(full).unwrap().command else {
@@ -67,14 +74,12 @@ impl TestServer {
         let handle = tokio::spawn(run(config, listeners, async move {
             let _ = stopped.await;
         }));
-        let server = TestServer {
+        TestServer {
             webhook,
             probe,
             stop: Some(stop),
             handle: Some(handle),
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
     pub async fn wait_ready(&self) {
@@ -237,4 +242,90 @@ pub fn apply(object: &Json, response: &Json) -> Json {
         json_patch::patch(&mut out, &patch).unwrap();
     }
     out
+}
+
+/// A directory laid out as the kubelet lays out a Secret or ConfigMap volume: the files live
+/// in a timestamped directory, `..data` links to it, and each visible name links through
+/// `..data`. An update writes a new directory and renames a new `..data` link over the old
+/// one, atomically.
+pub struct KubeletVolume {
+    pub root: PathBuf,
+    generation: u32,
+    names: Vec<String>,
+}
+
+impl KubeletVolume {
+    pub fn new(root: &Path, files: &[(&str, String)]) -> KubeletVolume {
+        let mut volume = KubeletVolume {
+            root: root.to_path_buf(),
+            generation: 0,
+            names: Vec::new(),
+        };
+        volume.update(files);
+        volume
+    }
+
+    /// Replaces the volume's content the way the kubelet does.
+    #[cfg(unix)]
+    pub fn update(&mut self, files: &[(&str, String)]) {
+        use std::os::unix::fs::symlink;
+        self.generation += 1;
+        let dir_name = format!(
+            "..2026_11_23_00_00_{:02}.{}",
+            self.generation,
+            std::process::id()
+        );
+        let dir = self.root.join(&dir_name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, body) in files {
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+        let tmp = self.root.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(&dir_name, &tmp).unwrap();
+        let old = std::fs::read_link(self.root.join("..data")).ok();
+        std::fs::rename(&tmp, self.root.join("..data")).unwrap();
+        let names: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
+        for name in &names {
+            let link = self.root.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+        for gone in self.names.iter().filter(|n| !names.contains(n)) {
+            let _ = std::fs::remove_file(self.root.join(gone));
+        }
+        self.names = names;
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(self.root.join(old));
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+/// Polls `check` until it holds, for at most 15 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The value of one sample line (`name{labels}`) in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
