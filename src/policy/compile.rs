@@ -220,7 +220,7 @@ impl PolicySet {
             },
         };
 
-        let set = Arc::new(PolicySet {
+        let mut set = Arc::new(PolicySet {
             digest: digest(&files),
             origin,
             files: files.iter().map(|f| f.name.clone()).collect(),
@@ -232,7 +232,14 @@ impl PolicySet {
             engine,
             program,
         });
-        super::eval::probe(&set)?;
+        if let Some(reason) = super::eval::probe(&set)? {
+            // The probe's evaluators are gone, so this is the only reference.
+            if let Some(s) = Arc::get_mut(&mut set) {
+                s.backend = Backend::Interpreter;
+                s.program = None;
+                s.vm_fallback_reason = Some(reason);
+            }
+        }
         Ok(set)
     }
 
@@ -260,4 +267,42 @@ fn compile_vm(engine: &mut Engine, policies: &[Policy]) -> Result<Arc<Program>, 
         .map_err(|e| format!("{e:#}"))?;
     let refs: Vec<&str> = entry_points.iter().map(String::as_str).collect();
     Compiler::compile_from_policy(&compiled, &refs).map_err(|e| format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::source::FileKind;
+
+    fn rego(name: &str, text: &str) -> SourceFile {
+        SourceFile {
+            name: name.into(),
+            kind: FileKind::Rego,
+            text: text.into(),
+        }
+    }
+
+    /// An `else` after a body that binds an undefined value: the VM in regorus 0.14 returns
+    /// undefined where OPA and the interpreter take the `else`. Such a set must not run on
+    /// the VM.
+    #[test]
+    fn a_set_the_vm_evaluates_differently_runs_on_the_interpreter() {
+        let src = "package mlguard.policies.limit\n\nimport rego.v1\n\n\
+                   limit := v if {\n  v := input.review.object.metadata.annotations.x\n} else := 5\n\n\
+                   deny contains sprintf(\"limit %v\", [limit]) if input.review.kind.kind == \"Pod\"\n";
+        let set = PolicySet::compile(vec![rego("limit.rego", src)], Origin::Embedded, Backend::Vm)
+            .unwrap();
+        assert_eq!(set.backend, Backend::Interpreter);
+        let reason = set.vm_fallback_reason.as_deref().unwrap();
+        assert!(reason.contains("policy limit"), "{reason}");
+    }
+
+    #[test]
+    fn a_set_both_evaluators_agree_on_stays_on_the_vm() {
+        let src = "package mlguard.policies.limit\n\nimport rego.v1\n\n\
+                   deny contains \"no\" if input.review.kind.kind == \"Pod\"\n";
+        let set = PolicySet::compile(vec![rego("limit.rego", src)], Origin::Embedded, Backend::Vm)
+            .unwrap();
+        assert_eq!(set.backend, Backend::Vm, "{:?}", set.vm_fallback_reason);
+    }
 }
