@@ -1,4 +1,5 @@
-"""mlguard's /metrics, read by the reference OpenMetrics parser after real reviews.
+"""mlguard's /metrics, read by the reference OpenMetrics parser after real reviews, and its
+decision log.
 
 Starts the debug binary (`cargo test` builds it; scripts/test runs that first) on loopback
 with development certificates, sends AdmissionReviews over HTTPS, and checks that the
@@ -47,11 +48,13 @@ def server(tmp_path_factory):
         pytest.fail(f"{BINARY} missing: run `cargo test` first (scripts/test does)", pytrace=False)
     work = tmp_path_factory.mktemp("mlguard")
     webhook, probe = free_port(), free_port()
+    log = (work / "mlguard.log").open("w")
     proc = subprocess.Popen(
-        [str(BINARY), "serve", f"--listen=127.0.0.1:{webhook}", f"--probe-listen=127.0.0.1:{probe}"],
+        [str(BINARY), "serve", f"--listen=127.0.0.1:{webhook}", f"--probe-listen=127.0.0.1:{probe}",
+         "--log-format=json"],
         cwd=work,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 30
@@ -64,7 +67,7 @@ def server(tmp_path_factory):
             assert time.monotonic() < deadline, "mlguard did not become ready"
             assert proc.poll() is None, "mlguard exited"
             time.sleep(0.05)
-        yield {"webhook": webhook, "probe": probe, "ca": work / "certs" / "ca.crt"}
+        yield {"webhook": webhook, "probe": probe, "ca": work / "certs" / "ca.crt", "log": work / "mlguard.log"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -135,3 +138,24 @@ def test_alerts_and_dashboard_use_the_metrics_mlguard_exports(server):
         names.add(name + {"counter": "_total", "info": "_info"}.get(fam.type, ""))
     expected = set(monitoring_metrics())
     assert expected == names, f"only in the monitoring tests: {expected - names}; only exported: {names - expected}"
+
+
+def test_the_decision_log_says_who_was_denied_by_which_policy_and_why(server):
+    """Runs after the first test, which sent the denied pod three times."""
+    lines = [json.loads(line) for line in server["log"].read_text().splitlines() if line.startswith("{")]
+    decisions = [l for l in lines if l.get("target") == "mlguard::decision"]
+    denied = [d for d in decisions if d.get("uid") == "7e3c1d2b-0a4f-4b6e-9c8d-2f1e0a9b8c77"]
+    assert len(denied) == 3, decisions
+    d = denied[0]
+    assert d["level"] == "INFO"
+    assert (d["endpoint"], d["kind"], d["namespace"], d["name"], d["operation"]) == (
+        "validate", "Pod", "default", "notebook", "CREATE")
+    assert d["user"] == "alice@example.com"
+    assert d["decision"] == "denied" and d["patch_ops"] == 0 and d["dry_run"] is False
+    assert isinstance(d["latency_us"], int)
+    fired = {p["policy"]: p for p in json.loads(d["policies"])}
+    assert fired["gpu_limits"]["finding"] == "deny" and fired["gpu_limits"]["action"] == "deny"
+    assert "requests 2 nvidia.com/gpu but sets no limit" in fired["gpu_limits"]["messages"][0]
+    assert fired["gpu_memory_limit"]["action"] == "warn"
+    patched = [d for d in decisions if d["endpoint"] == "mutate"]
+    assert len(patched) == 2 and all(p["decision"] == "patched" and p["patch_ops"] == 2 for p in patched)
