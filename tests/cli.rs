@@ -63,8 +63,14 @@ fn the_worked_example_from_the_policy_readme_works() {
         dir.path().to_str().unwrap(),
         example.join("cases").to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("3 passed, 0 failed"), "{}", text(&out));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let passed_cases = t
+        .lines()
+        .filter(|l| l.starts_with("ok    ") && l.contains("team_label.yaml / "))
+        .count();
+    assert_eq!(passed_cases, 3, "{t}");
+    assert!(t.trim_end().ends_with(" passed, 0 failed"), "{t}");
 }
 
 #[test]
@@ -86,7 +92,7 @@ fn a_failing_case_fails_the_run_and_says_why() {
         "{}",
         text(&out)
     );
-    assert!(text(&out).contains("0 passed, 1 failed"));
+    assert!(text(&out).trim_end().ends_with(" passed, 1 failed"), "{}", text(&out));
 }
 
 /// `serve` with a policy directory that cannot load: exit status 2 and a message naming the
@@ -254,5 +260,35 @@ fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_si
     assert!(
         stderr.contains("shutdown requested") && stderr.contains("mlguard stopped"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn mlguard_test_without_cases_runs_the_rego_unit_tests() {
+    let out = mlguard(&["test"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("ok    lib_workload_test.rego / test_demand_takes_the_largest_init_container"),
+        "{t}"
+    );
+    assert!(
+        t.lines().last().unwrap().ends_with(" passed, 0 failed"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_failing_rego_unit_test_fails_the_run() {
+    let dir = policy_dir(&[(
+        "extra_test.rego",
+        "package extra_test\n\nimport rego.v1\n\ntest_arithmetic if 1 + 1 == 3\n",
+    )]);
+    let out = mlguard(&["test", "--policies", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAIL  extra_test.rego / test_arithmetic"),
+        "{}",
+        text(&out)
     );
 }
