@@ -1,6 +1,8 @@
 # A pod that asks for more of a GPU resource than any schedulable node offers stays Pending
 # forever. Checked against the nodes in data.mlguard.cluster; skipped when no nodes are known.
-# With the product annotation, only nodes of the requested GPU models count.
+# With the product annotation, only nodes of the requested GPU models count. Node shapes a
+# cluster autoscaler can add, which do not exist yet, are listed in the parameter
+# `autoscaler_node_shapes` ({labels, allocatable} each) and count as nodes.
 package mlguard.policies.gpu_capacity
 
 import data.mlguard.lib.workload
@@ -13,15 +15,31 @@ products := {trim_space(p) |
 	trim_space(p) != ""
 }
 
-# The most of resource r any one node offers, among the nodes the pod may use.
-largest(r) := object.get(cluster.largest_allocatable, r, 0) if count(products) == 0
+shapes := object.get(input.parameters, "autoscaler_node_shapes", [])
 
-largest(r) := max({0} | {object.get(node.allocatable, r, 0) |
+# The most of resource r any one node offers, among the nodes the pod may use.
+largest(r) := max({object.get(cluster.largest_allocatable, r, 0), shape_largest(r)}) if count(products) == 0
+
+largest(r) := max({existing_largest(r), shape_largest(r)}) if count(products) > 0
+
+existing_largest(r) := max({0} | {object.get(node.allocatable, r, 0) |
 	some node in cluster.nodes
 	not node.unschedulable
+	of_requested_model(node)
+})
+
+shape_largest(r) := max({0} | {workload.qty(object.get(shape.allocatable, r, 0)) |
+	some shape in shapes
+	of_requested_model(shape)
+})
+
+of_requested_model(_) if count(products) == 0
+
+of_requested_model(node) if {
+	count(products) > 0
 	some vendor in workload.used_vendors
-	node.labels[vendor.product_label] in products
-}) if count(products) > 0
+	object.get(node, ["labels", vendor.product_label], "") in products
+}
 
 where := "" if count(products) == 0
 
