@@ -92,7 +92,11 @@ fn a_failing_case_fails_the_run_and_says_why() {
         "{}",
         text(&out)
     );
-    assert!(text(&out).trim_end().ends_with(" passed, 1 failed"), "{}", text(&out));
+    assert!(
+        text(&out).trim_end().ends_with(" passed, 1 failed"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// `serve` with a policy directory that cannot load: exit status 2 and a message naming the

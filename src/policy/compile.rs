@@ -132,6 +132,7 @@ impl PolicySet {
         // As in OPA by default, a builtin error makes its expression undefined; the probe below
         // and `mlguard test` are where policy authors see such mistakes.
         engine.set_strict_builtin_errors(false);
+        engine.set_execution_timer_config(eval_time_limit());
         let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for file in &rego {
             lint::check(&file.name, &file.text)?;
@@ -250,6 +251,18 @@ impl PolicySet {
     }
 }
 
+/// Wall-clock budget of one rule evaluation. Policies take microseconds; this only stops a
+/// runaway policy from using up the API server's webhook timeout (5 s in the manifests), so
+/// that the request gets a clear denial instead of the API server's failure policy.
+pub const EVAL_TIME_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub(crate) fn eval_time_limit() -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit: EVAL_TIME_LIMIT,
+        check_interval: std::num::NonZeroU32::new(256).expect("non-zero"),
+    }
+}
+
 pub(crate) fn insert(object: &mut Value, key: &str, value: Value) {
     if let Ok(map) = object.as_object_mut() {
         map.insert(Value::from(key), value);
@@ -295,6 +308,38 @@ mod tests {
         assert_eq!(set.backend, Backend::Interpreter);
         let reason = set.vm_fallback_reason.as_deref().unwrap();
         assert!(reason.contains("policy limit"), "{reason}");
+    }
+
+    /// A policy that runs away on some input is stopped and reported as an evaluation error
+    /// (which denies under the `deny` action) on both evaluators.
+    #[test]
+    fn a_runaway_policy_is_stopped() {
+        use crate::cluster::ClusterState;
+        use crate::policy::{Evaluator, Stage};
+        let src = "package mlguard.policies.slow\n\nimport rego.v1\n\n\
+                   deny contains \"never\" if {\n  input.review.object.metadata.labels.slow\n  \
+                   some i in numbers.range(1, 4000)\n  some j in numbers.range(1, 4000)\n  i * j < 0\n}\n";
+        for backend in [Backend::Vm, Backend::Interpreter] {
+            let set = PolicySet::compile(vec![rego("slow.rego", src)], Origin::Embedded, backend)
+                .unwrap();
+            let evaluator =
+                Evaluator::new(set, std::sync::Arc::new(ClusterState::default())).unwrap();
+            let review = Value::from(serde_json::json!({
+                "operation": "CREATE", "kind": {"kind": "Pod"},
+                "object": {"metadata": {"labels": {"slow": "yes"}}}
+            }));
+            let started = std::time::Instant::now();
+            let outputs = evaluator.evaluate(&review, Stage::Validate);
+            let error = outputs[0]
+                .error
+                .as_ref()
+                .expect("the runaway rule is an error");
+            assert_eq!(error.policy, "slow");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "{backend:?}"
+            );
+        }
     }
 
     #[test]

@@ -196,6 +196,7 @@ impl Evaluator {
                     let mut vm = RegoVM::new();
                     vm.load_program(program.clone());
                     vm.set_max_instructions(MAX_INSTRUCTIONS);
+                    vm.set_execution_timer_config(Some(super::compile::eval_time_limit()));
                     vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
                     *slot = Some((self.id, vm));
                 }
