@@ -267,7 +267,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         },
         "cluster": {
             "namespaces": evaluator.cluster.namespaces.len(),
-            "quotas": evaluator.cluster.quotas.values().map(Vec::len).sum::<usize>(),
+            "quotas": evaluator.cluster.quota_count(),
             "nodes": evaluator.cluster.nodes.len(),
             "live": state.live.get().is_some(),
             "age_seconds": state.metrics.cluster_state_age(),

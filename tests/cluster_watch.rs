@@ -727,3 +727,130 @@ async fn one_time_reads_for_the_audit_command() {
     let ml = list::list_workloads(&client, Some("ml")).await.unwrap();
     assert_eq!(names(ml), vec!["Pod ml/a", "Job ml/active"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// With the default policy set
+// ---------------------------------------------------------------------------------------
+
+fn fixture_pod_review() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/admission/gpu-training-pod.json"
+    ))
+    .unwrap()
+}
+
+fn default_policies(app: &AppState) {
+    let set = PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
+    app.swap_policies(set).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_quota_policy_reads_reservations_too() {
+    let gpu_quota = json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "8", "limits.nvidia.com/gpu": "8"}},
+        "status": {"used": {"requests.nvidia.com/gpu": "0", "limits.nvidia.com/gpu": "0"}}});
+    let server = start_fake(vec![
+        ("namespaces", namespace("ml")),
+        ("nodes", node("gpu-1", 8)),
+        ("resourcequotas", gpu_quota),
+    ])
+    .await;
+    let setup = synced(&server).await;
+    default_policies(&setup.app);
+
+    // The fixture pod asks for 2 GPUs: four fit in 8.
+    let burst: Vec<_> = (0..7)
+        .map(|_| {
+            let app = setup.app.clone();
+            tokio::spawn(async move { validate(&app, fixture_pod_review()).await })
+        })
+        .collect();
+    let mut denials = Vec::new();
+    for task in burst {
+        let (ok, message) = task.await.unwrap();
+        if !ok {
+            denials.push(message);
+        }
+    }
+    assert_eq!(denials.len(), 3, "{denials:#?}");
+    for message in &denials {
+        assert!(
+            message.contains("has 0 left of its ResourceQuota gpu-quota"),
+            "{message}"
+        );
+    }
+    // One reservation per pod and quota key: requests and limits.
+    assert_eq!(setup.live.reservations(), 8);
+}
+
+/// Costs on the request path and of a rebuild, for the report. Run with
+/// `cargo test --release --test cluster_watch -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_reservation_and_rebuild_costs() {
+    use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
+    let (nodes, namespaces) = (500, 1000);
+    let mut quotas = Vec::new();
+    let mut nss = Vec::new();
+    for i in 0..namespaces {
+        let name = if i == 0 {
+            "ml".to_string()
+        } else {
+            format!("team-{i}")
+        };
+        nss.push(Arc::new(
+            serde_json::from_value::<Namespace>(namespace(&name)).unwrap(),
+        ));
+        let mut q = quota(1_000_000, 0);
+        q["metadata"]["namespace"] = json!(name);
+        quotas.push(Arc::new(
+            serde_json::from_value::<ResourceQuota>(q).unwrap(),
+        ));
+    }
+    let nodes: Vec<_> = (0..nodes)
+        .map(|i| Arc::new(serde_json::from_value::<Node>(node(&format!("gpu-{i}"), 8)).unwrap()))
+        .collect();
+
+    let started = Instant::now();
+    let state = watch::build_state(&quotas, &nodes, &nss);
+    let build = started.elapsed();
+
+    let set = PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
+    let app = AppState::new(
+        Evaluator::new(set.clone(), Arc::new(ClusterState::default())).unwrap(),
+        Mode::Enforce,
+        64,
+    );
+    let live = LiveCluster::new(Duration::from_secs(3600));
+    app.live.set(live.clone()).ok().unwrap();
+    let started = Instant::now();
+    live.publish(&app, state, Instant::now());
+    let publish = started.elapsed();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rounds = 200;
+    let time = |body: fn() -> Vec<u8>| {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            runtime.block_on(validate(&app, body()));
+        }
+        started.elapsed() / rounds
+    };
+    let reserving = time(fixture_pod_review);
+    let dry_run = time(|| {
+        let mut review: Json = serde_json::from_slice(&fixture_pod_review()).unwrap();
+        review["request"]["dryRun"] = json!(true);
+        serde_json::to_vec(&review).unwrap()
+    });
+    println!(
+        "{nodes} nodes, {namespaces} namespaces with a quota each: build_state {build:?}, \
+         publish (settle + evaluator rebuild) {publish:?}; /validate of a GPU pod: \
+         reserving {reserving:?}, dry run (no reservation) {dry_run:?}; {} reservations",
+        live.reservations(),
+        nodes = nodes.len(),
+    );
+}

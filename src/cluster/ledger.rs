@@ -11,10 +11,13 @@
 //! lower `used`, so a settlement can come late; then the reservation holds until it expires,
 //! which over-counts for a bounded time and never under-counts. Pure: time is passed in.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::state::Quota;
 use super::usage::{pod_usage, scopes_select};
 use super::ClusterState;
 
@@ -47,7 +50,12 @@ pub struct Ledger {
 /// The charges of `pod` against the quotas of `namespace` whose scopes select it.
 pub fn charges(state: &ClusterState, namespace: &str, pod: &Json) -> Vec<Charge> {
     let mut out = Vec::new();
-    for quota in state.quotas.get(namespace).into_iter().flatten() {
+    for quota in state
+        .quotas
+        .get(namespace)
+        .into_iter()
+        .flat_map(|q| q.iter())
+    {
         if !scopes_select(&quota.scopes, pod) {
             continue;
         }
@@ -148,17 +156,31 @@ impl Ledger {
         expired
     }
 
-    /// `base` with every pending reservation added to the `used` figure it is charged to, so
-    /// that `remaining` shrinks with it.
+    /// The quotas of `namespace` in `base` with its pending reservations added to the `used`
+    /// figures they are charged to, so that `remaining` shrinks with them.
+    pub fn namespace_quotas(&self, base: &ClusterState, namespace: &str) -> Vec<Quota> {
+        let mut quotas: Vec<Quota> = base
+            .quotas
+            .get(namespace)
+            .map(|q| q.to_vec())
+            .unwrap_or_default();
+        for r in self.entries.iter().filter(|r| r.namespace == namespace) {
+            if let Some(quota) = quotas.iter_mut().find(|q| q.name == r.charge.quota) {
+                *quota.used.entry(r.charge.key.clone()).or_insert(0.0) += r.charge.amount;
+            }
+        }
+        quotas
+    }
+
+    /// `base` with every pending reservation added (see [`Ledger::namespace_quotas`]).
     pub fn apply(&self, base: &ClusterState) -> ClusterState {
         let mut state = base.clone();
-        for r in &self.entries {
-            let quota = state
-                .quotas
-                .get_mut(&r.namespace)
-                .and_then(|qs| qs.iter_mut().find(|q| q.name == r.charge.quota));
-            if let Some(quota) = quota {
-                *quota.used.entry(r.charge.key.clone()).or_insert(0.0) += r.charge.amount;
+        let namespaces: BTreeSet<&str> =
+            self.entries.iter().map(|r| r.namespace.as_str()).collect();
+        for namespace in namespaces {
+            if base.quotas.contains_key(namespace) {
+                let quotas = self.namespace_quotas(base, namespace);
+                state.quotas.insert(namespace.to_string(), Arc::new(quotas));
             }
         }
         state
@@ -241,13 +263,19 @@ mod tests {
         assert!(ledger.entries.iter().all(|r| r.charge.key == "pods"));
     }
 
-    #[test]
-    fn unsettled_reservations_expire() {
+    /// A ledger holding one pod of `gpus` GPUs, reserved now against an unused 8-GPU quota.
+    fn one_reserved(gpus: u32) -> (Ledger, ClusterState, Instant) {
         let now = Instant::now();
         let base = state("8", "0");
         let mut ledger = Ledger::new(Duration::from_secs(30));
-        let c = charges(&base, "ml", &gpu_pod(3));
+        let c = charges(&base, "ml", &gpu_pod(gpus));
         ledger.reserve(&base, "ml", "train-0", c, now);
+        (ledger, base, now)
+    }
+
+    #[test]
+    fn unsettled_reservations_expire() {
+        let (mut ledger, base, now) = one_reserved(3);
         assert_eq!(ledger.next_expiry(), Some(now + Duration::from_secs(30)));
         assert!(ledger
             .settle(&base, now + Duration::from_secs(29))
@@ -260,11 +288,7 @@ mod tests {
 
     #[test]
     fn a_deleted_quota_drops_its_reservations() {
-        let now = Instant::now();
-        let base = state("8", "0");
-        let mut ledger = Ledger::new(Duration::from_secs(30));
-        let c = charges(&base, "ml", &gpu_pod(1));
-        ledger.reserve(&base, "ml", "p", c, now);
+        let (mut ledger, _, now) = one_reserved(1);
         ledger.settle(&ClusterState::default(), now);
         assert!(ledger.is_empty());
     }

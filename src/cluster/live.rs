@@ -35,9 +35,7 @@ impl Inner {
         } else {
             Arc::new(self.ledger.apply(&self.base))
         };
-        if self.served.as_deref() == Some(&*effective)
-            && Arc::ptr_eq(&app.evaluator.load().cluster, self.served.as_ref().unwrap())
-        {
+        if self.served.as_deref() == Some(&*effective) && self.is_served(app) {
             return;
         }
         if let Err(e) = app.swap_cluster(effective.clone()) {
@@ -45,6 +43,33 @@ impl Inner {
             return;
         }
         self.served = Some(effective);
+    }
+
+    /// After a reservation in `namespace`: serves the state with that namespace's quotas
+    /// updated, converting only them (see `Evaluator::with_namespace_quotas`).
+    fn serve_namespace(&mut self, app: &AppState, namespace: &str) {
+        let Some(served) = self.served.clone().filter(|_| self.is_served(app)) else {
+            return self.serve(app);
+        };
+        let mut effective = (*served).clone();
+        effective.quotas.insert(
+            namespace.to_string(),
+            Arc::new(self.ledger.namespace_quotas(&self.base, namespace)),
+        );
+        let effective = Arc::new(effective);
+        let current = app.evaluator.load_full();
+        match current.with_namespace_quotas(effective.clone(), namespace) {
+            Ok(next) => {
+                // A policy reload swapping in meanwhile keeps its state; the next check sees it.
+                let previous = app.evaluator.compare_and_swap(&current, Arc::new(next));
+                if Arc::ptr_eq(&previous, &current) {
+                    self.served = Some(effective);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the quota reservation into the policies");
+            }
+        }
     }
 
     /// Whether the evaluator serves exactly the state this lock last swapped in; a policy
@@ -144,7 +169,7 @@ impl LiveCluster {
                 charges,
                 Instant::now(),
             );
-            inner.serve(app);
+            inner.serve_namespace(app, &review.namespace);
         }
         verdict
     }

@@ -3,6 +3,7 @@
 //! that policies stay simple and requests stay cheap.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
 use serde_json::{json, Map, Value as Json};
@@ -56,11 +57,21 @@ pub struct NodeInfo {
 /// What mlguard knows of the cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
-    pub namespaces: BTreeMap<String, NamespaceInfo>,
-    pub quotas: BTreeMap<String, Vec<Quota>>,
-    pub nodes: BTreeMap<String, NodeInfo>,
+    // Shared so that a copy with one namespace's quotas changed (a quota reservation) costs
+    // little on a large cluster; writers go through `Arc::make_mut`.
+    pub namespaces: Arc<BTreeMap<String, NamespaceInfo>>,
+    pub quotas: BTreeMap<String, Arc<Vec<Quota>>>,
+    pub nodes: Arc<BTreeMap<String, NodeInfo>>,
     /// Messages about objects that could not be read (bad quantities); logged, never fatal.
     pub problems: Vec<String>,
+}
+
+fn numbers(m: &BTreeMap<String, f64>) -> Json {
+    Json::Object(
+        m.iter()
+            .map(|(k, v)| (k.clone(), quantity::to_json(*v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 fn quantities(
@@ -85,7 +96,7 @@ impl ClusterState {
         let Some(name) = ns.metadata.name.clone() else {
             return;
         };
-        self.namespaces.insert(
+        Arc::make_mut(&mut self.namespaces).insert(
             name,
             NamespaceInfo {
                 labels: ns.metadata.labels.clone().unwrap_or_default(),
@@ -136,7 +147,7 @@ impl ClusterState {
                     values: e.values.clone().unwrap_or_default(),
                 }),
         );
-        let entry = self.quotas.entry(namespace).or_default();
+        let entry = Arc::make_mut(self.quotas.entry(namespace).or_default());
         entry.retain(|q| q.name != name);
         entry.push(Quota {
             name,
@@ -156,7 +167,7 @@ impl ClusterState {
             &format!("Node {name} status.allocatable"),
             &mut self.problems,
         );
-        self.nodes.insert(
+        Arc::make_mut(&mut self.nodes).insert(
             name,
             NodeInfo {
                 labels: node.metadata.labels.clone().unwrap_or_default(),
@@ -168,6 +179,11 @@ impl ClusterState {
                     .unwrap_or(false),
             },
         );
+    }
+
+    /// How many ResourceQuotas, over all namespaces.
+    pub fn quota_count(&self) -> usize {
+        self.quotas.values().map(|q| q.len()).sum()
     }
 
     /// Per resource, the most any one schedulable node offers.
@@ -190,15 +206,34 @@ impl ClusterState {
             .unwrap_or_default()
     }
 
+    /// `quotas[namespace]` of the `data.mlguard.cluster` document; None without quotas.
+    pub fn namespace_quotas_json(&self, namespace: &str) -> Option<Json> {
+        let list: Vec<Json> = self
+            .quotas
+            .get(namespace)?
+            .iter()
+            .map(|q| {
+                let mut quota = json!({"name": q.name, "hard": numbers(&q.hard),
+                    "used": numbers(&q.used), "remaining": numbers(&q.remaining())});
+                // Only scoped quotas carry `scopes`, so unscoped documents are unchanged.
+                if !q.scopes.is_empty() {
+                    quota["scopes"] = q
+                        .scopes
+                        .iter()
+                        .map(|t| {
+                            json!({"scopeName": t.scope_name, "operator": t.operator,
+                                   "values": t.values})
+                        })
+                        .collect();
+                }
+                quota
+            })
+            .collect();
+        Some(Json::Array(list))
+    }
+
     /// The `data.mlguard.cluster` document.
     pub fn to_json(&self) -> Json {
-        let numbers = |m: &BTreeMap<String, f64>| {
-            Json::Object(
-                m.iter()
-                    .map(|(k, v)| (k.clone(), quantity::to_json(*v)))
-                    .collect::<Map<_, _>>(),
-            )
-        };
         let namespaces: Map<String, Json> = self
             .namespaces
             .iter()
@@ -209,30 +244,11 @@ impl ClusterState {
                 )
             })
             .collect();
-        let quotas: Map<String, Json> =
-            self.quotas
-                .iter()
-                .map(|(ns, qs)| {
-                    let list: Vec<Json> =
-                        qs.iter()
-                            .map(|q| {
-                                let mut quota = json!({"name": q.name, "hard": numbers(&q.hard),
-                            "used": numbers(&q.used), "remaining": numbers(&q.remaining())});
-                                // Only scoped quotas carry `scopes`, so unscoped documents are unchanged.
-                                if !q.scopes.is_empty() {
-                                    quota["scopes"] = q
-                                .scopes
-                                .iter()
-                                .map(|t| json!({"scopeName": t.scope_name, "operator": t.operator,
-                                                "values": t.values}))
-                                .collect();
-                                }
-                                quota
-                            })
-                            .collect();
-                    (ns.clone(), Json::Array(list))
-                })
-                .collect();
+        let quotas: Map<String, Json> = self
+            .quotas
+            .keys()
+            .filter_map(|ns| Some((ns.clone(), self.namespace_quotas_json(ns)?)))
+            .collect();
         let nodes: Map<String, Json> = self
             .nodes
             .iter()

@@ -418,7 +418,7 @@ fn rebuild(
     }
     let counts = (
         state.namespaces.len(),
-        state.quotas.values().map(Vec::len).sum::<usize>(),
+        state.quota_count(),
         state.nodes.len(),
     );
     live.publish(app, state, now);

@@ -116,17 +116,51 @@ impl Evaluator {
         insert(&mut data, "mlguard", mlguard);
         let engine = match backend {
             Backend::Vm => None,
-            Backend::Interpreter => {
-                let mut engine = set.engine.clone();
-                engine.clear_data();
-                engine
-                    .add_data(data.clone())
-                    .map_err(|e| PolicyError::Compile(format!("cluster data: {e:#}")))?;
-                Some(engine)
-            }
+            Backend::Interpreter => Some(interpreter(&set, &data)?),
         };
         Ok(Evaluator {
             set,
+            cluster,
+            data,
+            engine,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// This evaluator with `cluster`, which must differ from its own state only in
+    /// `quotas[namespace]`: only that entry of the data is converted again. Quota reservations
+    /// change one namespace per admitted pod, and converting a large cluster's whole state
+    /// each time would cost milliseconds on the request path.
+    pub fn with_namespace_quotas(
+        &self,
+        cluster: Arc<ClusterState>,
+        namespace: &str,
+    ) -> Result<Evaluator, PolicyError> {
+        let mut data = self.data.clone();
+        let mut node = &mut data;
+        for key in ["mlguard", "cluster", "quotas"] {
+            match node
+                .as_object_mut()
+                .ok()
+                .and_then(|m| m.get_mut(&Value::from(key)))
+            {
+                Some(next) => node = next,
+                None => return Evaluator::new(self.set.clone(), cluster),
+            }
+        }
+        let Ok(quotas) = node.as_object_mut() else {
+            return Evaluator::new(self.set.clone(), cluster);
+        };
+        match cluster.namespace_quotas_json(namespace) {
+            Some(list) => quotas.insert(Value::from(namespace), Value::from(list)),
+            None => quotas.remove(&Value::from(namespace)),
+        };
+        let engine = match self.engine {
+            None => None,
+            Some(_) => Some(interpreter(&self.set, &data)?),
+        };
+        Ok(Evaluator {
+            set: self.set.clone(),
             cluster,
             data,
             engine,
@@ -208,6 +242,16 @@ impl Evaluator {
             (None, None) => Err("policy set has no evaluator (internal error)".into()),
         }
     }
+}
+
+/// An interpreter engine with `data` loaded.
+fn interpreter(set: &PolicySet, data: &Value) -> Result<Engine, PolicyError> {
+    let mut engine = set.engine.clone();
+    engine.clear_data();
+    engine
+        .add_data(data.clone())
+        .map_err(|e| PolicyError::Compile(format!("cluster data: {e:#}")))?;
+    Ok(engine)
 }
 
 fn to_json(value: &Value) -> serde_json::Value {
@@ -350,4 +394,43 @@ fn first_difference(a: &[PolicyOutput], b: &[PolicyOutput]) -> Option<String> {
         .map(|o| o.policy.as_str())
         .find(|name| find(a, name) != find(b, name))
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::source::Origin;
+
+    fn state(used: &str, with_team: bool) -> ClusterState {
+        let mut s = ClusterState::default();
+        let mut quotas = vec![serde_json::json!({
+            "metadata": {"name": "gpu", "namespace": "ml"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "8"}},
+            "status": {"used": {"requests.nvidia.com/gpu": used}}})];
+        if with_team {
+            quotas.push(
+                serde_json::json!({"metadata": {"name": "gpu", "namespace": "team"},
+                "spec": {"hard": {"requests.nvidia.com/gpu": "2"}}}),
+            );
+        }
+        for q in quotas {
+            s.add_quota(&serde_json::from_value(q).unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn a_namespace_quota_update_equals_a_full_rebuild() {
+        let set = PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
+        let before = Evaluator::new(set.clone(), Arc::new(state("1", true))).unwrap();
+        for (after, namespace) in [(state("5", true), "ml"), (state("1", false), "team")] {
+            let after = Arc::new(after);
+            let updated = before
+                .with_namespace_quotas(after.clone(), namespace)
+                .unwrap();
+            let rebuilt = Evaluator::new(set.clone(), after).unwrap();
+            assert_eq!(updated.data, rebuilt.data, "{namespace}");
+            assert_ne!(updated.id, before.id);
+        }
+    }
 }
