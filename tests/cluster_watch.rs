@@ -5,6 +5,8 @@
 //! 127.0.0.1, and the decisions are taken through the webhook router as the API server would
 //! send them. Every wait is bounded.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -782,6 +784,91 @@ async fn the_default_quota_policy_reads_reservations_too() {
     }
     // One reservation per pod and quota key: requests and limits.
     assert_eq!(setup.live.reservations(), 8);
+}
+
+/// `mlguard serve --kubeconfig FILE` as the binary runs it: the client from the kubeconfig,
+/// readiness on /readyz, decisions over HTTPS, the state on /status and /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_kubeconfig_watches_the_cluster() {
+    let server = start_fake(vec![
+        ("namespaces", namespace("ml")),
+        ("nodes", node("gpu-1", 8)),
+        (
+            "resourcequotas",
+            json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "8"}},
+            "status": {"used": {"requests.nvidia.com/gpu": "0"}}}),
+        ),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::write_certs(dir.path());
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{}\"}}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\n\
+             current-context: fake\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let mlguard = common::TestServer::spawn(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ])
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = common::http_get(mlguard.probe, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("cluster state has not synced"), "{body}");
+
+    server.open();
+    mlguard.wait_ready().await;
+    let (_, status) = common::http_get(mlguard.probe, "/status").await.unwrap();
+    let status: Json = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["cluster"]["live"], true, "{status}");
+    assert_eq!(status["cluster"]["quotas"], 1, "{status}");
+
+    let mut conn = common::Conn::open(mlguard.webhook, common::trusting(&ca))
+        .await
+        .unwrap();
+    let review: Json = serde_json::from_slice(&fixture_pod_review()).unwrap();
+    let response = conn.review("/validate", &review).await;
+    assert_eq!(response["allowed"], true, "{response}");
+
+    server.fake.put(
+        "resourcequotas",
+        json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "8"}},
+        "status": {"used": {"requests.nvidia.com/gpu": "8"}}}),
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = conn.review("/validate", &review).await;
+        if response["allowed"] == false {
+            let message = response["status"]["message"].as_str().unwrap();
+            assert!(message.contains("has 0 left"), "{message}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quota change never reached the decision"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = common::http_get(mlguard.probe, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("mlguard_cluster_state_age_seconds"),
+        "{metrics}"
+    );
+    mlguard.stop().await.unwrap();
 }
 
 /// Costs on the request path and of a rebuild, for the report. Run with
