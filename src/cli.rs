@@ -52,7 +52,7 @@ pub enum Command {
     Certs(CertsArgs),
     /// Check manifests against the policies, as the API server would admit them.
     Audit(AuditArgs),
-    /// Run policy test cases (YAML) against a policy set.
+    /// Run a policy set's tests: YAML case files and Rego unit tests (`*_test.rego`).
     Test(TestArgs),
 }
 
@@ -150,8 +150,8 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Case files or directories of case files.
-    #[arg(required = true)]
+    /// Case files or directories of case files. The policy directory's Rego unit tests
+    /// (`*_test.rego`) run as well.
     pub cases: Vec<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,

@@ -73,7 +73,7 @@ fn seconds(name: &str, value: f64, min: f64) -> Result<Duration, ConfigError> {
 
 impl ServeConfig {
     pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
-        if args.listen == args.probe_listen {
+        if args.listen == args.probe_listen && args.listen.port() != 0 {
             return Err(ConfigError(format!(
                 "--listen and --probe-listen are both {}; the webhook (TLS) and the probes (plain HTTP) need separate ports",
                 args.listen

@@ -157,6 +157,15 @@ impl Metrics {
                 commit: COMMIT.into(),
             }),
         );
+        // Reload counters exist from the start, so that rate() and the alerts see a zero
+        // rather than no series at all.
+        for family in [&policy_reloads, &certificate_reloads] {
+            for result in ["success", "failure"] {
+                let _ = family.get_or_create(&ResultLabels {
+                    result: result.into(),
+                });
+            }
+        }
         Metrics {
             registry,
             requests,

@@ -99,12 +99,22 @@ thread_local! {
 
 impl Evaluator {
     pub fn new(set: Arc<PolicySet>, cluster: Arc<ClusterState>) -> Result<Evaluator, PolicyError> {
+        let backend = set.backend;
+        Evaluator::with_backend(set, cluster, backend)
+    }
+
+    /// An evaluator on a given backend; the VM needs the set to have a compiled program.
+    fn with_backend(
+        set: Arc<PolicySet>,
+        cluster: Arc<ClusterState>,
+        backend: Backend,
+    ) -> Result<Evaluator, PolicyError> {
         let mut mlguard = Value::new_object();
         insert(&mut mlguard, "config", set.config_value.clone());
         insert(&mut mlguard, "cluster", Value::from(cluster.to_json()));
         let mut data = Value::new_object();
         insert(&mut data, "mlguard", mlguard);
-        let engine = match set.backend {
+        let engine = match backend {
             Backend::Vm => None,
             Backend::Interpreter => {
                 let mut engine = set.engine.clone();
@@ -186,6 +196,7 @@ impl Evaluator {
                     let mut vm = RegoVM::new();
                     vm.load_program(program.clone());
                     vm.set_max_instructions(MAX_INSTRUCTIONS);
+                    vm.set_execution_timer_config(Some(super::compile::eval_time_limit()));
                     vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
                     *slot = Some((self.id, vm));
                 }
@@ -281,24 +292,62 @@ fn probe_reviews() -> Vec<serde_json::Value> {
     ]
 }
 
-pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<(), PolicyError> {
-    let evaluator = Evaluator::new(set.clone(), Arc::new(ClusterState::default()))?;
+/// Runs every policy on the sample reviews. A policy that fails on them is an error. When the
+/// set runs on the VM, the interpreter runs them too: the VM is younger and does not yet
+/// agree with the interpreter on every construct, and a policy that means one thing in a test
+/// and another in production is worse than a slower one. Returns the disagreement, if any.
+pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<Option<String>, PolicyError> {
+    let cluster = Arc::new(ClusterState::default());
+    let evaluator = Evaluator::new(set.clone(), cluster.clone())?;
+    let reference = match set.backend {
+        Backend::Vm => Some(Evaluator::with_backend(
+            set.clone(),
+            cluster,
+            Backend::Interpreter,
+        )?),
+        Backend::Interpreter => None,
+    };
+    let mut disagreement = None;
     for review in probe_reviews() {
+        let kind = review["kind"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let review = Value::from(review);
         for stage in [Stage::Mutate, Stage::Validate] {
-            for output in evaluator.evaluate(&review, stage) {
-                if let Some(e) = output.error {
-                    return Err(PolicyError::Shape {
-                        policy: e.policy,
-                        rule: e.rule.into(),
-                        message: format!(
-                            "on a sample GPU {}: {}",
-                            review["kind"]["kind"], e.message
-                        ),
-                    });
-                }
+            let outputs = evaluator.evaluate(&review, stage);
+            if let Some(e) = outputs.iter().find_map(|o| o.error.clone()) {
+                return Err(PolicyError::Shape {
+                    policy: e.policy,
+                    rule: e.rule.into(),
+                    message: format!("on a sample GPU {kind}: {}", e.message),
+                });
             }
+            let Some(reference) = &reference else {
+                continue;
+            };
+            if disagreement.is_some() {
+                continue;
+            }
+            let expected = reference.evaluate(&review, stage);
+            disagreement = first_difference(&outputs, &expected).map(|policy| {
+                format!(
+                    "the bytecode VM and the interpreter disagree on policy {policy} for a sample \
+                     GPU {kind} ({}); the interpreter is used",
+                    stage.as_str()
+                )
+            });
         }
     }
-    Ok(())
+    Ok(disagreement)
+}
+
+/// The first policy whose output differs between two evaluations.
+fn first_difference(a: &[PolicyOutput], b: &[PolicyOutput]) -> Option<String> {
+    let find = |list: &[PolicyOutput], name: &str| list.iter().find(|o| o.policy == name).cloned();
+    a.iter()
+        .chain(b)
+        .map(|o| o.policy.as_str())
+        .find(|name| find(a, name) != find(b, name))
+        .map(str::to_string)
 }
