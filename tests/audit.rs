@@ -452,3 +452,26 @@ fn two_thousand_manifests_take_seconds() {
     eprintln!("audited {count} manifests in {elapsed:.2?}");
     assert!(elapsed.as_secs() < 60, "{count} manifests took {elapsed:?}");
 }
+
+/// The embedded default policies (no --policies) over the same manifests: the GPU pod without
+/// a GPU limit and the Deployment whose pods lack one are denied, CPU pods pass unchanged,
+/// GPU pods are mutated.
+#[test]
+fn embedded_default_policies_audit_the_fixtures() {
+    let dir = fixture("audit");
+    let out = mlguard(&["audit", "-f", dir.to_str().unwrap(), "-o", "json"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    for (kind, name) in [("Pod", "jupyter-gpu"), ("Deployment", "llm-serve")] {
+        let o = object(&v, kind, name);
+        assert_eq!(o["status"], "denied", "{o}");
+        let denials = o["admissions"][0]["denials"].to_string();
+        assert!(denials.contains("[gpu_limits]"), "{denials}");
+    }
+    assert_eq!(object(&v, "Pod", "cpu-preprocess")["status"], "clean");
+    let train = object(&v, "Pod", "pytorch-train");
+    assert_eq!(train["status"], "mutated");
+    assert!(train["admissions"][0]["patch"]
+        .to_string()
+        .contains("nvidia.com/gpu"));
+}
