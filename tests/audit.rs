@@ -29,24 +29,26 @@ fn mlguard(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// `mlguard audit` over the fixtures with the test policies and cluster snapshot.
-fn audit(extra: &[&str]) -> Output {
-    let (dir, policies, cluster) = (
-        fixture("audit"),
-        fixture("audit-policies"),
-        fixture("audit-cluster.yaml"),
-    );
+/// `mlguard audit -f PATH --policies <test policies> EXTRA...`.
+fn with_test_policies(path: &str, extra: &[&str], stdin: Option<&str>) -> Output {
+    let policies = fixture("audit-policies");
     let mut args = vec![
         "audit",
         "-f",
-        dir.to_str().unwrap(),
+        path,
         "--policies",
         policies.to_str().unwrap(),
-        "--cluster-snapshot",
-        cluster.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    mlguard(&args, None)
+    mlguard(&args, stdin)
+}
+
+/// `mlguard audit` over the fixtures with the test policies and cluster snapshot.
+fn audit(extra: &[&str]) -> Output {
+    let (dir, cluster) = (fixture("audit"), fixture("audit-cluster.yaml"));
+    let mut args = vec!["--cluster-snapshot", cluster.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    with_test_policies(dir.to_str().unwrap(), &args, None)
 }
 
 fn stdout(o: &Output) -> String {
@@ -309,16 +311,7 @@ fn junit_report_is_well_formed_with_a_case_per_object() {
 #[test]
 fn broken_yaml_exits_2_naming_the_file_and_position() {
     let dir = fixture("audit-broken");
-    let out = mlguard(
-        &[
-            "audit",
-            "-f",
-            dir.to_str().unwrap(),
-            "--policies",
-            fixture("audit-policies").to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = with_test_policies(dir.to_str().unwrap(), &[], None);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
@@ -334,16 +327,7 @@ fn broken_yaml_exits_2_naming_the_file_and_position() {
 #[test]
 fn usage_errors_exit_2() {
     let policies = fixture("audit-policies");
-    let out = mlguard(
-        &[
-            "audit",
-            "-f",
-            "/nonexistent/k8s",
-            "--policies",
-            policies.to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = with_test_policies("/nonexistent/k8s", &[], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/nonexistent/k8s: no such file or directory"));
     let out = mlguard(&["audit", "--policies", policies.to_str().unwrap()], None);
@@ -356,20 +340,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn stdin_manifests_use_the_given_namespace() {
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: gpu}\nspec:\n  containers:\n  - name: c\n    image: i\n    resources: {limits: {nvidia.com/gpu: 1, memory: 1Gi}}\n";
-    let policies = fixture("audit-policies");
-    let out = mlguard(
-        &[
-            "audit",
-            "-f",
-            "-",
-            "--policies",
-            policies.to_str().unwrap(),
-            "--namespace",
-            "team-a",
-            "--show-patched",
-        ],
-        Some(pod),
-    );
+    let out = with_test_policies("-", &["--namespace", "team-a", "--show-patched"], Some(pod));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -433,18 +404,7 @@ fn two_thousand_manifests_take_seconds() {
         count += 9;
     }
     let started = std::time::Instant::now();
-    let out = mlguard(
-        &[
-            "audit",
-            "-f",
-            dir.path().to_str().unwrap(),
-            "--policies",
-            fixture("audit-policies").to_str().unwrap(),
-            "-o",
-            "json",
-        ],
-        None,
-    );
+    let out = with_test_policies(dir.path().to_str().unwrap(), &["-o", "json"], None);
     let elapsed = started.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let v: Json = serde_json::from_slice(&out.stdout).unwrap();

@@ -71,6 +71,7 @@ metadata: {name: trial-ns, labels: {stage: trial}}
 "#;
 
 fn state(mode: Mode) -> Arc<AppState> {
+    decision_log();
     let file = |name: &str, kind, text: &str| SourceFile {
         name: name.into(),
         kind,
@@ -125,6 +126,11 @@ async fn call(
     review["response"].clone()
 }
 
+/// /validate for a pod with `labels` in `namespace`.
+async fn validate(state: &Arc<AppState>, labels: Json, namespace: &str) -> Json {
+    call(state, "/validate", &pod(labels), namespace, false).await
+}
+
 fn warnings(response: &Json) -> Vec<String> {
     serde_json::from_value(response["warnings"].clone()).unwrap_or_default()
 }
@@ -151,7 +157,7 @@ fn decoded_patch(response: &Json) -> Option<Json> {
 #[tokio::test]
 async fn deny_is_a_403_with_the_policy_and_the_object_named() {
     let s = state(Mode::Enforce);
-    let r = call(&s, "/validate", &pod(json!({"big": "true"})), "prod", false).await;
+    let r = validate(&s, json!({"big": "true"}), "prod").await;
     assert_eq!(r["allowed"], false);
     assert_eq!(r["status"]["code"], 403);
     assert_eq!(r["status"]["reason"], "Forbidden");
@@ -167,14 +173,7 @@ async fn deny_is_a_403_with_the_policy_and_the_object_named() {
 #[tokio::test]
 async fn warn_override_by_namespace_name_admits_with_a_warning() {
     let s = state(Mode::Enforce);
-    let r = call(
-        &s,
-        "/validate",
-        &pod(json!({"big": "true"})),
-        "research",
-        false,
-    )
-    .await;
+    let r = validate(&s, json!({"big": "true"}), "research").await;
     assert_eq!(r["allowed"], true);
     assert_eq!(warnings(&r), ["[quota] pod asks for too much"]);
     assert!(r
@@ -185,14 +184,7 @@ async fn warn_override_by_namespace_name_admits_with_a_warning() {
 #[tokio::test]
 async fn dryrun_override_by_namespace_selector_records_an_audit_annotation() {
     let s = state(Mode::Enforce);
-    let r = call(
-        &s,
-        "/validate",
-        &pod(json!({"big": "true"})),
-        "trial-ns",
-        false,
-    )
-    .await;
+    let r = validate(&s, json!({"big": "true"}), "trial-ns").await;
     assert_eq!(r["allowed"], true);
     assert!(
         warnings(&r).is_empty(),
@@ -212,24 +204,10 @@ async fn dryrun_override_by_namespace_selector_records_an_audit_annotation() {
 #[tokio::test]
 async fn warn_rules_warn_unless_their_policy_is_in_dryrun() {
     let s = state(Mode::Enforce);
-    let r = call(
-        &s,
-        "/validate",
-        &pod(json!({"hint": "true"})),
-        "prod",
-        false,
-    )
-    .await;
+    let r = validate(&s, json!({"hint": "true"}), "prod").await;
     assert_eq!(r["allowed"], true);
     assert_eq!(warnings(&r), ["[hint] consider a memory limit"]);
-    let r = call(
-        &s,
-        "/validate",
-        &pod(json!({"hint": "true"})),
-        "quiet",
-        false,
-    )
-    .await;
+    let r = validate(&s, json!({"hint": "true"}), "quiet").await;
     assert!(warnings(&r).is_empty());
 }
 
@@ -271,20 +249,13 @@ async fn mutating_policy_in_dryrun_sends_no_patch_but_records_it() {
 #[tokio::test]
 async fn global_warn_cap_turns_denials_into_warnings_and_keeps_patches() {
     let s = state(Mode::Warn);
-    let r = call(&s, "/validate", &pod(json!({"big": "true"})), "prod", false).await;
+    let r = validate(&s, json!({"big": "true"}), "prod").await;
     assert_eq!(r["allowed"], true);
     assert_eq!(warnings(&r), ["[quota] pod asks for too much"]);
     let r = call(&s, "/mutate", &pod(json!({"gpu": "true"})), "prod", false).await;
     assert!(decoded_patch(&r).is_some(), "warn mode still mutates");
     // The cap only loosens: a dryrun override stays dryrun.
-    let r = call(
-        &s,
-        "/validate",
-        &pod(json!({"big": "true"})),
-        "trial-ns",
-        false,
-    )
-    .await;
+    let r = validate(&s, json!({"big": "true"}), "trial-ns").await;
     assert!(warnings(&r).is_empty());
     assert!(annotation(&r, "would-deny").is_some());
 }
@@ -358,23 +329,36 @@ impl std::io::Write for Captured {
     }
 }
 
+static DECISION_LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+
+/// Every test's decision log, as JSON lines. Installed as the global subscriber before any
+/// request is made (by `state`), so that no log call site caches "no subscriber".
+fn decision_log() -> Captured {
+    DECISION_LOG
+        .get_or_init(|| {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            captured
+        })
+        .clone()
+}
+
 #[tokio::test]
 async fn dryrun_records_reach_the_decision_log() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
     let s = state(Mode::Dryrun);
     let all = pod(json!({"big": "true", "gpu": "true"}));
-    call(&s, "/validate", &all, "prod", false).await;
-    call(&s, "/mutate", &all, "prod", false).await;
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    call(&s, "/validate", &all, "logged", false).await;
+    call(&s, "/mutate", &all, "logged", false).await;
+    let log = String::from_utf8(decision_log().0.lock().unwrap().clone()).unwrap();
     let lines: Vec<Json> = log
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Json>(l).unwrap())
+        .filter(|l| l["fields"]["namespace"] == "logged")
         .collect();
     let validate = lines
         .iter()
