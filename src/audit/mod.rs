@@ -265,12 +265,9 @@ pub fn audit_one(
         admissions,
     };
     match manifest {
-        Manifest::Invalid { message } => report(
-            Identity::default(),
-            Status::Error,
-            Some(message.clone()),
-            vec![],
-        ),
+        Manifest::Invalid { id, message } => {
+            report(id.clone(), Status::Error, Some(message.clone()), vec![])
+        }
         Manifest::Skipped { id } => {
             let why = format!(
                 "{} is not admitted by mlguard: only Pods, Jobs and workloads with a pod template are audited",
@@ -317,7 +314,12 @@ pub fn audit_all(
     let work: Vec<(Source, Manifest)> = documents
         .into_iter()
         .map(|(s, d)| {
-            let m = objects::classify(&d, namespace);
+            let m = std::panic::catch_unwind(|| objects::classify(&d, namespace)).unwrap_or_else(
+                |_| Manifest::Invalid {
+                    id: Identity::default(),
+                    message: "internal error while reading this object".into(),
+                },
+            );
             (s, m)
         })
         .collect();
@@ -341,9 +343,13 @@ pub fn audit_all(
                 })
             })
             .collect();
-        while workers.iter().any(|w| !w.is_finished()) {
-            progress(done.load(Ordering::Relaxed), total);
+        // Small inputs finish before the first tick and show no progress at all.
+        loop {
             std::thread::sleep(Duration::from_millis(100));
+            if workers.iter().all(|w| w.is_finished()) {
+                break;
+            }
+            progress(done.load(Ordering::Relaxed), total);
         }
         progress(total, total);
         workers
@@ -362,11 +368,14 @@ fn color_wanted() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// Progress on stderr (a terminal): a line rewritten in place, erased when done.
 fn show_progress(done: usize, total: usize) {
+    static SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let mut err = std::io::stderr().lock();
     if done < total {
+        SHOWN.store(true, Ordering::Relaxed);
         let _ = write!(err, "\rmlguard audit: {done}/{total} objects");
-    } else {
+    } else if SHOWN.load(Ordering::Relaxed) {
         let _ = write!(err, "\r\x1b[K");
     }
     let _ = err.flush();
@@ -425,4 +434,121 @@ pub fn run(args: &crate::cli::AuditArgs) -> ExitCode {
         }
     }
     ExitCode::from(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterState;
+    use crate::policy::source::{FileKind, Origin, SourceFile};
+    use crate::policy::Backend;
+    use serde_json::json;
+
+    /// Jobs get a template label (so their pods must carry it); pods with `bad: "yes"` are
+    /// denied.
+    const POLICY: &str = r#"package mlguard.policies.t
+
+import rego.v1
+
+patch contains {"op": "add", "path": "/spec/template/metadata/labels/stamped", "value": "yes"} if {
+	input.review.kind.kind == "Job"
+}
+
+deny contains "pods must not be bad" if input.review.object.metadata.labels.bad == "yes"
+
+deny contains "Job pods must be stamped" if {
+	input.review.kind.kind == "Pod"
+	input.review.object.metadata.ownerReferences[0].kind == "Job"
+	not input.review.object.metadata.labels.stamped
+}
+"#;
+
+    fn evaluator() -> Evaluator {
+        let files = vec![SourceFile {
+            name: "t.rego".into(),
+            kind: FileKind::Rego,
+            text: POLICY.into(),
+        }];
+        let set = PolicySet::compile(files, Origin::Embedded, Backend::Vm).unwrap();
+        Evaluator::new(set, Arc::new(ClusterState::default())).unwrap()
+    }
+
+    fn pod(name: &str, bad: bool) -> Json {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "labels": {"bad": if bad { "yes" } else { "no" }}},
+               "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    }
+
+    fn source(index: usize) -> Source {
+        Source {
+            file: "t.yaml".into(),
+            index,
+        }
+    }
+
+    #[test]
+    fn job_pods_come_from_the_mutated_job() {
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "train", "namespace": "ml"},
+            "spec": {"template": {"metadata": {"labels": {"app": "t"}},
+                     "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}});
+        let report = audit_all(
+            &evaluator(),
+            vec![(source(1), job)],
+            "default",
+            Mode::Enforce,
+            2,
+            &|_, _| {},
+        );
+        let o = &report.objects[0];
+        assert_eq!(o.admissions.len(), 2);
+        assert_eq!(o.admissions[0].kind, "Job");
+        assert_eq!(o.admissions[0].status(), Status::Mutated);
+        let pod = &o.admissions[1];
+        assert_eq!((pod.kind.as_str(), pod.name.as_str()), ("Pod", "train-*"));
+        assert!(pod.denials.is_empty(), "{:?}", pod.denials);
+        assert_eq!(o.status, Status::Mutated);
+        assert_eq!(report.exit_code(), 0);
+    }
+
+    #[test]
+    fn order_and_counts_survive_parallel_evaluation() {
+        let docs: Vec<(Source, Json)> = (0..40)
+            .map(|i| (source(i + 1), pod(&format!("p{i}"), i % 4 == 0)))
+            .chain([(source(41), json!({"replicas": 2}))])
+            .collect();
+        let report = audit_all(&evaluator(), docs, "ns", Mode::Enforce, 3, &|_, _| {});
+        let indexes: Vec<usize> = report.objects.iter().map(|o| o.source.index).collect();
+        assert_eq!(indexes, (1..=41).collect::<Vec<_>>());
+        assert_eq!(report.objects[4].id.name, "p4");
+        assert_eq!(report.objects[4].status, Status::Denied);
+        let s = report.summary();
+        assert_eq!((s.objects, s.denied, s.clean, s.errors), (41, 10, 30, 1));
+        assert_eq!(report.exit_code(), 1);
+        let relaxed = audit_all(
+            &evaluator(),
+            vec![(source(1), pod("p", true))],
+            "ns",
+            Mode::Warn,
+            1,
+            &|_, _| {},
+        );
+        assert_eq!(relaxed.objects[0].status, Status::Warned);
+        assert_eq!(relaxed.exit_code(), 0);
+    }
+
+    #[test]
+    fn status_is_the_most_serious_finding() {
+        let mut a = Admission::default();
+        assert_eq!(a.status(), Status::Clean);
+        a.patch.push(Change {
+            policy: "p".into(),
+            op: json!({"op": "add", "path": "/x", "value": 1}),
+        });
+        assert_eq!(a.status(), Status::Mutated);
+        a.would_deny.push("[p] no".into());
+        assert_eq!(a.status(), Status::Warned);
+        a.denials.push("[p] no".into());
+        assert_eq!(a.status(), Status::Denied);
+    }
 }

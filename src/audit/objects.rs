@@ -51,8 +51,10 @@ pub enum Manifest {
     Skipped {
         id: Identity,
     },
-    /// Not a Kubernetes object: no apiVersion or kind.
+    /// Not a Kubernetes object (no apiVersion or kind; the identity is empty), or a workload
+    /// that cannot be audited.
     Invalid {
+        id: Identity,
         message: String,
     },
 }
@@ -75,6 +77,7 @@ fn display_name(object: &Json) -> String {
 pub fn classify(object: &Json, default_namespace: &str) -> Manifest {
     if !object.is_object() {
         return Manifest::Invalid {
+            id: Identity::default(),
             message: "not a Kubernetes object: the document is not a mapping".into(),
         };
     }
@@ -86,7 +89,17 @@ pub fn classify(object: &Json, default_namespace: &str) -> Manifest {
             _ => "kind",
         };
         return Manifest::Invalid {
+            id: Identity::default(),
             message: format!("not a Kubernetes object: no {missing}"),
+        };
+    }
+    if object
+        .get("metadata")
+        .is_some_and(|m| !m.is_object() && !m.is_null())
+    {
+        return Manifest::Invalid {
+            id: Identity::default(),
+            message: format!("invalid {kind}: metadata is not a mapping"),
         };
     }
     let namespace = match text(object, "/metadata/namespace") {
@@ -116,8 +129,21 @@ pub fn classify(object: &Json, default_namespace: &str) -> Manifest {
         }
         _ => None,
     };
+    let workload = matches!(
+        (group, kind),
+        ("batch", "CronJob")
+            | (
+                "apps",
+                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
+            )
+            | ("", "ReplicationController")
+    );
     match plan {
         Some(plan) => Manifest::Audit { id, plan },
+        None if workload => Manifest::Invalid {
+            id: id.clone(),
+            message: format!("{kind} {} has no pod template spec to audit", id.name),
+        },
         None => Manifest::Skipped { id },
     }
 }
@@ -201,7 +227,10 @@ fn template_pod(
     controlled_by: &Json,
     labels: &[(&str, String)],
 ) -> Option<Json> {
-    let spec = workload.pointer(&format!("{template}/spec"))?.clone();
+    let spec = workload
+        .pointer(&format!("{template}/spec"))
+        .filter(|s| s.is_object())?
+        .clone();
     let mut metadata = template_metadata(workload, template, labels);
     metadata["generateName"] = json!(generate_name);
     if let Some(m) = metadata.as_object_mut() {
@@ -311,7 +340,7 @@ fn daemonset_pod(ds: &Json) -> Option<Json> {
 /// by the CronJob.
 fn job_of_cronjob(cronjob: &Json) -> Option<Json> {
     let template = cronjob.pointer("/spec/jobTemplate")?;
-    let spec = template.get("spec")?.clone();
+    let spec = template.get("spec").filter(|s| s.is_object())?.clone();
     // A scheduled minute since the epoch, stable for a given template.
     let minute = 29_000_000 + fnv32(template.to_string().as_bytes()) % 1_000_000;
     let mut metadata = template_metadata(cronjob, "/spec/jobTemplate", &[]);
@@ -451,12 +480,23 @@ mod tests {
         assert!(matches!(classify(&crd, "d"), Manifest::Skipped { .. }));
         let values = json!({"replicaCount": 2});
         match classify(&values, "d") {
-            Manifest::Invalid { message } => assert!(message.contains("apiVersion and kind")),
+            Manifest::Invalid { message, .. } => assert!(message.contains("apiVersion and kind")),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             classify(&json!("text"), "d"),
             Manifest::Invalid { .. }
         ));
+        let odd = json!({"apiVersion": "v1", "kind": "Pod", "metadata": "p"});
+        assert!(matches!(classify(&odd, "d"), Manifest::Invalid { .. }));
+        // A workload whose template has no usable spec is an error, not a skip.
+        let broken = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "x"}, "spec": {"template": {"spec": "oops"}}});
+        match classify(&broken, "d") {
+            Manifest::Invalid { message, .. } => {
+                assert!(message.contains("DaemonSet x"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
