@@ -37,6 +37,11 @@ pub struct ViolationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -58,6 +63,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<EndpointLabels, Histogram>,
     pub violations: Family<ViolationLabels, Counter>,
+    pub dryrun_patches: Family<PolicyLabels, Counter>,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub policy_generation: Gauge,
     pub policy_last_reload_success: Gauge,
@@ -99,6 +105,12 @@ impl Metrics {
             "policy_violations",
             "Policy findings (deny and warn rules that fired), by policy and enforcement action",
             violations.clone(),
+        );
+        let dryrun_patches = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_dryrun_patches",
+            "Patch operations a policy in dryrun would have made and did not, by policy",
+            dryrun_patches.clone(),
         );
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -159,6 +171,7 @@ impl Metrics {
             requests,
             duration,
             violations,
+            dryrun_patches,
             policy_reloads,
             policy_generation,
             policy_last_reload_success,
@@ -215,6 +228,15 @@ impl Metrics {
             .observe(seconds);
         for fired in &verdict.fired {
             if matches!(fired.finding, crate::policy::verdict::Finding::Patch) {
+                // Applied patches are counted by outcome; the ones dryrun held back are what
+                // an admin watches before switching a mutating policy on.
+                if fired.action == crate::policy::Action::Dryrun {
+                    self.dryrun_patches
+                        .get_or_create(&PolicyLabels {
+                            policy: fired.policy.clone(),
+                        })
+                        .inc_by(fired.messages.len() as u64);
+                }
                 continue;
             }
             self.violations
