@@ -728,6 +728,18 @@ async fn one_time_reads_for_the_audit_command() {
     assert_eq!(names(all), vec!["Pod ml/a", "Pod web/c", "Job ml/active"]);
     let ml = list::list_workloads(&client, Some("ml")).await.unwrap();
     assert_eq!(names(ml), vec!["Pod ml/a", "Job ml/active"]);
+
+    // The same through a kubeconfig, from synchronous code.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), server.addr);
+    let (state, objects) = tokio::task::spawn_blocking(move || {
+        list::read_blocking(Some(&kubeconfig), Some("ml"), true, WAIT)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(state.quota_count(), 1);
+    assert_eq!(names(objects), vec!["Pod ml/a", "Job ml/active"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -786,6 +798,31 @@ async fn the_default_quota_policy_reads_reservations_too() {
     assert_eq!(setup.live.reservations(), 8);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_read_is_bounded_in_time() {
+    let server = start_fake(cluster()).await; // never opened: lists hang
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), server.addr);
+    let error = tokio::task::spawn_blocking(move || {
+        list::read_blocking(Some(&kubeconfig), None, false, Duration::from_millis(300))
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(matches!(error, list::ListError::Timeout(_)), "{error}");
+}
+
+/// A kubeconfig whose only context points at the fake API server.
+fn write_kubeconfig(dir: &std::path::Path, addr: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let config = json!({"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": format!("http://{addr}")}}],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]});
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
 /// `mlguard serve --kubeconfig FILE` as the binary runs it: the client from the kubeconfig,
 /// readiness on /readyz, decisions over HTTPS, the state on /status and /metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,17 +840,7 @@ async fn serve_with_a_kubeconfig_watches_the_cluster() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let ca = common::write_certs(dir.path());
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{}\"}}\n\
-             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\n\
-             current-context: fake\n",
-            server.addr
-        ),
-    )
-    .unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), server.addr);
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let mlguard = common::TestServer::spawn(&[
         "--tls-cert",

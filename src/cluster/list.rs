@@ -22,6 +22,10 @@ use super::ClusterState;
 pub enum ListError {
     #[error("Kubernetes client configuration: {0}")]
     Config(String),
+    #[error("the API server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("cannot start an async runtime: {0}")]
+    Runtime(String),
     #[error("cannot list {what}: {source}")]
     List {
         what: &'static str,
@@ -154,4 +158,34 @@ pub async fn list_workloads(
                 .map(object_json),
         )
         .collect())
+}
+
+/// For synchronous commands such as `mlguard audit`: the cluster state and, with `workloads`,
+/// the running Pods and Jobs (of `namespace`, or of all namespaces), read once with the client
+/// from [`client`] on a private runtime, within `timeout`. Must not be called from inside an
+/// async runtime.
+pub fn read_blocking(
+    kubeconfig: Option<&Path>,
+    namespace: Option<&str>,
+    workloads: bool,
+    timeout: std::time::Duration,
+) -> Result<(ClusterState, Vec<Json>), ListError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ListError::Runtime(e.to_string()))?;
+    runtime.block_on(async {
+        let read = async {
+            let client = client(kubeconfig).await?;
+            let state = read_state(&client).await?;
+            let objects = match workloads {
+                true => list_workloads(&client, namespace).await?,
+                false => Vec::new(),
+            };
+            Ok((state, objects))
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| ListError::Timeout(timeout))?
+    })
 }
