@@ -31,7 +31,7 @@ pub struct ServeConfig {
     pub backend: Backend,
     pub cluster_snapshots: Vec<PathBuf>,
     /// Set when the cluster state is watched live; `cluster_snapshots` is then empty.
-    pub live_cluster: Option<LiveCluster>,
+    pub live_cluster: Option<LiveSettings>,
     pub mode: Mode,
     pub reload_interval: Duration,
     pub shutdown_timeout: Duration,
@@ -40,7 +40,7 @@ pub struct ServeConfig {
 
 /// Live cluster state settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LiveCluster {
+pub struct LiveSettings {
     /// None: in-cluster configuration, else `$KUBECONFIG` or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     pub reservation_ttl: Duration,
@@ -51,7 +51,7 @@ pub struct LiveCluster {
 pub fn cluster_source(
     args: &ServeArgs,
     in_cluster: bool,
-) -> Result<Option<LiveCluster>, ConfigError> {
+) -> Result<Option<LiveSettings>, ConfigError> {
     let snapshots = !args.cluster_snapshot.is_empty();
     let live = match args.cluster_state {
         ClusterStateArg::Auto => {
@@ -99,7 +99,7 @@ pub fn cluster_source(
     if !live {
         return Ok(None);
     }
-    Ok(Some(LiveCluster {
+    Ok(Some(LiveSettings {
         kubeconfig: args.kubeconfig.clone(),
         reservation_ttl: seconds("--quota-reservation-ttl", args.quota_reservation_ttl, 1.0)?,
     }))
@@ -199,7 +199,7 @@ mod tests {
         }
     }
 
-    fn source(args: &[&str], in_cluster: bool) -> Result<Option<LiveCluster>, ConfigError> {
+    fn source(args: &[&str], in_cluster: bool) -> Result<Option<LiveSettings>, ConfigError> {
         cluster_source(&serve_args(args), in_cluster)
     }
 
