@@ -19,6 +19,7 @@
 //!       deny: ["substring", ...]   # one substring per expected denial; none if omitted
 //!       warn: ["substring", ...]   # one substring per expected warning; none if omitted
 //!       would_deny: [...]          # dry-run records; none if omitted
+//!       would_patch: [...]         # dry-run patch operations ("add /spec/..."); none if omitted
 //! ```
 
 use std::collections::BTreeMap;
@@ -82,6 +83,8 @@ pub struct Expect {
     pub warn: Vec<String>,
     #[serde(default)]
     pub would_deny: Vec<String>,
+    #[serde(default)]
+    pub would_patch: Vec<String>,
 }
 
 /// The result of one case.
@@ -349,6 +352,13 @@ pub fn run_file(
             compare_messages("denial", &expect.deny, &denials, &mut failures);
             compare_messages("warning", &expect.warn, &warnings, &mut failures);
             compare_messages("dry-run denial", &expect.would_deny, &would, &mut failures);
+            let would_patch: Vec<String> = sim.mutate.would_patch.clone();
+            compare_messages(
+                "dry-run patch",
+                &expect.would_patch,
+                &would_patch,
+                &mut failures,
+            );
             mutated = Some(sim.mutated);
             Ok(())
         })();
@@ -387,58 +397,83 @@ pub fn collect(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// `mlguard test CASES...`: runs case files against a policy set, prints one line per case
-/// and a summary, and exits 0 when all pass, 1 when any fails, 2 when the policies or a case
-/// file cannot be read.
+/// `mlguard test [CASES...]`: runs the policy set's Rego unit tests and the case files against
+/// it, prints one line per test and a summary, and exits 0 when all pass, 1 when any fails, 2
+/// when the policies, a test file or a case file cannot be read.
 pub fn run(args: &crate::cli::TestArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     let (origin, backend) = crate::config::policy_origin(&args.policy);
-    let base = match crate::policy::source::read(&origin) {
-        Ok(files) => files,
+    let loaded = crate::policy::source::read(&origin).and_then(|files| {
+        let tests = crate::policy::source::read_tests(&origin)?;
+        Ok((files, tests))
+    });
+    let (base, rego_tests) = match loaded {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("mlguard test: {e}");
             return ExitCode::from(2);
         }
     };
     let files = collect(&args.cases);
-    if files.is_empty() {
+    if files.is_empty() && rego_tests.is_empty() {
         eprintln!(
-            "mlguard test: no case files (*.yaml) under {:?}",
-            args.cases
+            "mlguard test: nothing to run: give case files (*.yaml), or put *_test.rego files in {origin}"
         );
         return ExitCode::from(2);
     }
-    let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
+    match crate::policy::rego_tests::run(&base, &rego_tests) {
+        Err(e) => tally.broken(&format!("Rego tests: {e}")),
+        Ok(results) => {
+            for r in results {
+                tally.record(&format!("{} / {}", r.file, r.name), r.failure.as_slice());
+            }
+        }
+    }
     for file in &files {
         match run_file(file, &base, &origin, backend) {
-            Err(e) => {
-                broken += 1;
-                println!("ERROR {e}");
-            }
+            Err(e) => tally.broken(&e),
             Ok(outcomes) => {
                 for o in outcomes {
-                    if o.failures.is_empty() {
-                        passed += 1;
-                        println!("ok    {} / {}", o.file.display(), o.name);
-                    } else {
-                        failed += 1;
-                        println!("FAIL  {} / {}", o.file.display(), o.name);
-                        for f in &o.failures {
-                            for line in f.lines() {
-                                println!("        {line}");
-                            }
-                        }
-                    }
+                    tally.record(&format!("{} / {}", o.file.display(), o.name), &o.failures);
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
-    if broken > 0 {
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.errors > 0 {
         ExitCode::from(2)
-    } else if failed > 0 {
+    } else if tally.failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Counts and prints test results as they come.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    errors: usize,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, failures: &[String]) {
+        if failures.is_empty() {
+            self.passed += 1;
+            println!("ok    {name}");
+            return;
+        }
+        self.failed += 1;
+        println!("FAIL  {name}");
+        for line in failures.iter().flat_map(|f| f.lines()) {
+            println!("        {line}");
+        }
+    }
+
+    fn broken(&mut self, message: &str) {
+        self.errors += 1;
+        println!("ERROR {message}");
     }
 }

@@ -44,6 +44,20 @@ pub enum EvaluatorArg {
     Interpreter,
 }
 
+/// Where `data.mlguard.cluster` comes from.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ClusterStateArg {
+    /// Live in a cluster (KUBERNETES_SERVICE_HOST set) or with --kubeconfig; else the
+    /// --cluster-snapshot files if given; else none.
+    Auto,
+    /// Watch ResourceQuotas, Nodes and Namespaces through the API server.
+    Live,
+    /// The --cluster-snapshot files, read at start.
+    Snapshot,
+    /// No cluster state: quota and node checks see an empty cluster.
+    None,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook server.
@@ -52,7 +66,7 @@ pub enum Command {
     Certs(CertsArgs),
     /// Check manifests against the policies, as the API server would admit them.
     Audit(AuditArgs),
-    /// Run policy test cases (YAML) against a policy set.
+    /// Run a policy set's tests: YAML case files and Rego unit tests (`*_test.rego`).
     Test(TestArgs),
     /// Time a policy set on manifests, in-process: reviews/s, latency and memory per review,
     /// in total and per policy.
@@ -93,6 +107,17 @@ pub struct ServeArgs {
     /// Repeatable; environment variable: comma-separated.
     #[arg(long, env = "MLGUARD_CLUSTER_SNAPSHOT", value_delimiter = ',')]
     pub cluster_snapshot: Vec<PathBuf>,
+    /// Source of the cluster state: auto, live (watch the API server), snapshot or none.
+    #[arg(long, env = "MLGUARD_CLUSTER_STATE", value_enum, default_value_t = ClusterStateArg::Auto)]
+    pub cluster_state: ClusterStateArg,
+    /// Kubeconfig for the live cluster state when not running in a cluster; implies live
+    /// state under `--cluster-state auto`.
+    #[arg(long, env = "MLGUARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Seconds a quota reservation for an admitted pod is kept if the ResourceQuota status
+    /// never shows the pod (for example when a later admission step rejected it).
+    #[arg(long, env = "MLGUARD_QUOTA_RESERVATION_TTL", default_value_t = 30.0)]
+    pub quota_reservation_ttl: f64,
     /// Caps every policy's enforcement action: enforce (as configured), warn or dryrun.
     #[arg(long, env = "MLGUARD_MODE", value_enum, default_value_t = ModeArg::Enforce)]
     pub mode: ModeArg,
@@ -153,8 +178,8 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Case files or directories of case files.
-    #[arg(required = true)]
+    /// Case files or directories of case files. The policy directory's Rego unit tests
+    /// (`*_test.rego`) run as well.
     pub cases: Vec<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{EvaluatorArg, ModeArg, PolicyArgs, ServeArgs};
+use crate::cli::{ClusterStateArg, EvaluatorArg, ModeArg, PolicyArgs, ServeArgs};
 use crate::pipeline::Mode;
 use crate::policy::source::Origin;
 use crate::policy::Backend;
@@ -30,10 +30,79 @@ pub struct ServeConfig {
     pub policies: Origin,
     pub backend: Backend,
     pub cluster_snapshots: Vec<PathBuf>,
+    /// Set when the cluster state is watched live; `cluster_snapshots` is then empty.
+    pub live_cluster: Option<LiveSettings>,
     pub mode: Mode,
     pub reload_interval: Duration,
     pub shutdown_timeout: Duration,
     pub max_concurrent: usize,
+}
+
+/// Live cluster state settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    /// None: in-cluster configuration, else `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    pub reservation_ttl: Duration,
+}
+
+/// Picks one source of cluster state. `in_cluster` is whether KUBERNETES_SERVICE_HOST is set.
+/// Returns the live settings, or None when the snapshot files (possibly none) are the source.
+pub fn cluster_source(
+    args: &ServeArgs,
+    in_cluster: bool,
+) -> Result<Option<LiveSettings>, ConfigError> {
+    let snapshots = !args.cluster_snapshot.is_empty();
+    let live = match args.cluster_state {
+        ClusterStateArg::Auto => {
+            let live = in_cluster || args.kubeconfig.is_some();
+            if live && snapshots {
+                let why = if args.kubeconfig.is_some() {
+                    "--kubeconfig is given"
+                } else {
+                    "mlguard runs in a cluster (KUBERNETES_SERVICE_HOST is set)"
+                };
+                return Err(ConfigError(format!(
+                    "--cluster-snapshot is given but {why}, so the cluster state would also be watched live; pick one source: --cluster-state live (and drop --cluster-snapshot) or --cluster-state snapshot"
+                )));
+            }
+            live
+        }
+        ClusterStateArg::Live => {
+            if snapshots {
+                return Err(ConfigError(
+                    "--cluster-state live watches the API server; drop --cluster-snapshot, or use --cluster-state snapshot".into(),
+                ));
+            }
+            true
+        }
+        ClusterStateArg::Snapshot | ClusterStateArg::None => {
+            if args.kubeconfig.is_some() {
+                return Err(ConfigError(format!(
+                    "--kubeconfig is only used with live cluster state, not with --cluster-state {}",
+                    if args.cluster_state == ClusterStateArg::None { "none" } else { "snapshot" }
+                )));
+            }
+            if args.cluster_state == ClusterStateArg::Snapshot && !snapshots {
+                return Err(ConfigError(
+                    "--cluster-state snapshot needs at least one --cluster-snapshot file".into(),
+                ));
+            }
+            if args.cluster_state == ClusterStateArg::None && snapshots {
+                return Err(ConfigError(
+                    "--cluster-state none ignores cluster state; drop --cluster-snapshot, or use --cluster-state snapshot".into(),
+                ));
+            }
+            false
+        }
+    };
+    if !live {
+        return Ok(None);
+    }
+    Ok(Some(LiveSettings {
+        kubeconfig: args.kubeconfig.clone(),
+        reservation_ttl: seconds("--quota-reservation-ttl", args.quota_reservation_ttl, 1.0)?,
+    }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +142,7 @@ fn seconds(name: &str, value: f64, min: f64) -> Result<Duration, ConfigError> {
 
 impl ServeConfig {
     pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
-        if args.listen == args.probe_listen {
+        if args.listen == args.probe_listen && args.listen.port() != 0 {
             return Err(ConfigError(format!(
                 "--listen and --probe-listen are both {}; the webhook (TLS) and the probes (plain HTTP) need separate ports",
                 args.listen
@@ -97,6 +166,8 @@ impl ServeConfig {
             return Err(ConfigError("--max-concurrent must be at least 1".into()));
         }
         let (policies, backend) = policy_origin(&args.policy);
+        let live_cluster =
+            cluster_source(args, std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())?;
         Ok(ServeConfig {
             listen: args.listen,
             probe_listen: args.probe_listen,
@@ -104,6 +175,7 @@ impl ServeConfig {
             policies,
             backend,
             cluster_snapshots: args.cluster_snapshot.clone(),
+            live_cluster,
             mode: args.mode.into(),
             reload_interval: seconds("--reload-interval", args.reload_interval, 0.05)?,
             shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout, 0.0)?,
@@ -118,13 +190,78 @@ mod tests {
     use crate::cli::{Cli, Command};
     use clap::Parser;
 
-    fn serve(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+    fn serve_args(args: &[&str]) -> ServeArgs {
         let mut full = vec!["mlguard", "serve"];
         full.extend_from_slice(args);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Serve(s) => ServeConfig::from_args(&s),
+            Command::Serve(s) => s,
             _ => unreachable!(),
         }
+    }
+
+    fn source(args: &[&str], in_cluster: bool) -> Result<Option<LiveSettings>, ConfigError> {
+        cluster_source(&serve_args(args), in_cluster)
+    }
+
+    #[test]
+    fn cluster_state_auto_is_live_in_a_cluster_or_with_a_kubeconfig() {
+        assert_eq!(source(&[], false).unwrap(), None);
+        let live = source(&[], true).unwrap().unwrap();
+        assert_eq!(live.kubeconfig, None);
+        assert_eq!(live.reservation_ttl, Duration::from_secs(30));
+        let live = source(&["--kubeconfig", "kc.yaml"], false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(live.kubeconfig, Some(PathBuf::from("kc.yaml")));
+        assert_eq!(
+            source(&["--cluster-snapshot", "s.yaml"], false).unwrap(),
+            None
+        );
+        assert_eq!(source(&["--cluster-state", "none"], true).unwrap(), None);
+        assert_eq!(
+            source(
+                &[
+                    "--cluster-state",
+                    "snapshot",
+                    "--cluster-snapshot",
+                    "s.yaml"
+                ],
+                true
+            )
+            .unwrap(),
+            None
+        );
+        assert!(source(&["--cluster-state", "live"], false)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn two_sources_of_cluster_state_are_rejected() {
+        let e = source(&["--cluster-snapshot", "s.yaml"], true).unwrap_err();
+        assert!(e.to_string().contains("pick one source"), "{e}");
+        let e = source(
+            &["--cluster-snapshot", "s.yaml", "--kubeconfig", "k"],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--kubeconfig is given"), "{e}");
+        assert!(source(
+            &["--cluster-state", "live", "--cluster-snapshot", "s.yaml"],
+            false
+        )
+        .is_err());
+        assert!(source(&["--cluster-state", "snapshot"], false).is_err());
+        assert!(source(&["--cluster-state", "none", "--kubeconfig", "k"], false).is_err());
+        assert!(source(
+            &["--cluster-state", "live", "--quota-reservation-ttl", "0"],
+            false
+        )
+        .is_err());
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        ServeConfig::from_args(&serve_args(args))
     }
 
     #[test]

@@ -4,7 +4,15 @@
 use crate::admission::ParsedReview;
 use crate::policy::verdict::Verdict;
 
-pub fn log(endpoint: &str, review: &ParsedReview, verdict: &Verdict, seconds: f64) {
+/// `cluster_age` is how many seconds old the live cluster state is (None without live state):
+/// a decision taken while the API server was unreachable says so.
+pub fn log(
+    endpoint: &str,
+    review: &ParsedReview,
+    verdict: &Verdict,
+    seconds: f64,
+    cluster_age: Option<i64>,
+) {
     let fired: Vec<serde_json::Value> = verdict
         .fired
         .iter()
@@ -33,6 +41,7 @@ pub fn log(endpoint: &str, review: &ParsedReview, verdict: &Verdict, seconds: f6
         would_patch = ?verdict.would_patch,
         policies = %serde_json::Value::Array(fired),
         latency_us = (seconds * 1e6) as u64,
+        cluster_state_age_s = cluster_age.unwrap_or(-1),
         "admission review"
     );
 }

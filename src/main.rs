@@ -44,7 +44,6 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("mlguard: {e:#}");
             ExitCode::from(2)
         }

@@ -37,6 +37,11 @@ pub struct ViolationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -58,6 +63,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<EndpointLabels, Histogram>,
     pub violations: Family<ViolationLabels, Counter>,
+    pub dryrun_patches: Family<PolicyLabels, Counter>,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub policy_generation: Gauge,
     pub policy_last_reload_success: Gauge,
@@ -100,6 +106,12 @@ impl Metrics {
             "Policy findings (deny and warn rules that fired), by policy and enforcement action",
             violations.clone(),
         );
+        let dryrun_patches = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_dryrun_patches",
+            "Patch operations a policy in dryrun would have made and did not, by policy",
+            dryrun_patches.clone(),
+        );
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -134,7 +146,7 @@ impl Metrics {
         let cluster_state_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "cluster_state_age_seconds",
-            "Seconds since the live cluster state (quotas, nodes, namespaces) last changed or resynced",
+            "Seconds since the live cluster state (quotas, nodes, namespaces) was last known current: near 0 while the watches are healthy, growing while the API server is unreachable",
             cluster_state_age.clone(),
         );
         registry.register(
@@ -145,11 +157,21 @@ impl Metrics {
                 commit: COMMIT.into(),
             }),
         );
+        // Reload counters exist from the start, so that rate() and the alerts see a zero
+        // rather than no series at all.
+        for family in [&policy_reloads, &certificate_reloads] {
+            for result in ["success", "failure"] {
+                let _ = family.get_or_create(&ResultLabels {
+                    result: result.into(),
+                });
+            }
+        }
         Metrics {
             registry,
             requests,
             duration,
             violations,
+            dryrun_patches,
             policy_reloads,
             policy_generation,
             policy_last_reload_success,
@@ -165,12 +187,16 @@ impl Metrics {
         self.cluster_state_updated.store(unix, Ordering::Relaxed);
     }
 
+    /// Seconds since the live cluster state was last known current; None when it is not live.
+    pub fn cluster_state_age(&self) -> Option<i64> {
+        let updated = self.cluster_state_updated.load(Ordering::Relaxed);
+        (updated > 0).then(|| (crate::tls::now() - updated).max(0))
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let updated = self.cluster_state_updated.load(Ordering::Relaxed);
-        if updated > 0 {
-            self.cluster_state_age
-                .set((crate::tls::now() - updated).max(0) as f64);
+        if let Some(age) = self.cluster_state_age() {
+            self.cluster_state_age.set(age as f64);
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -202,6 +228,15 @@ impl Metrics {
             .observe(seconds);
         for fired in &verdict.fired {
             if matches!(fired.finding, crate::policy::verdict::Finding::Patch) {
+                // Applied patches are counted by outcome; the ones dryrun held back are what
+                // an admin watches before switching a mutating policy on.
+                if fired.action == crate::policy::Action::Dryrun {
+                    self.dryrun_patches
+                        .get_or_create(&PolicyLabels {
+                            policy: fired.policy.clone(),
+                        })
+                        .inc_by(fired.messages.len() as u64);
+                }
                 continue;
             }
             self.violations

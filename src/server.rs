@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, ParsedReview, ReviewError};
-use crate::cluster::{snapshot, ClusterState};
+use crate::cluster::{snapshot, ClusterState, LiveCluster};
 use crate::config::{ServeConfig, TlsSource};
 use crate::metrics::Metrics;
 use crate::pipeline::{admit, Mode};
@@ -58,6 +58,8 @@ pub struct AppState {
     pub health: Health,
     pub cert: Option<Arc<SwappableCert>>,
     pub generation: AtomicU64,
+    /// Live cluster state, when watched: Pod CREATEs at /validate go through it to reserve quota.
+    pub live: OnceLock<Arc<LiveCluster>>,
     limiter: Semaphore,
 }
 
@@ -74,6 +76,7 @@ impl AppState {
             health,
             cert: None,
             generation: AtomicU64::new(1),
+            live: OnceLock::new(),
             limiter: Semaphore::new(max_concurrent),
         })
     }
@@ -141,9 +144,15 @@ fn decide(
     body: &[u8],
 ) -> Result<(ParsedReview, Verdict), ReviewError> {
     let parsed = admission::parse(body)?;
-    let evaluator = state.evaluator.load();
     let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        admit(&evaluator, &parsed, stage, state.mode)
+        let evaluate = |evaluator: &Evaluator| admit(evaluator, &parsed, stage, state.mode);
+        match state.live.get() {
+            // Check the quota and reserve what the pod takes in one step (see cluster::live).
+            Some(live) if LiveCluster::reserves(&parsed, stage) => {
+                live.admit(state, &parsed, evaluate)
+            }
+            _ => evaluate(&state.evaluator.load()),
+        }
     }))
     .unwrap_or_else(|_| Verdict {
         allowed: false,
@@ -193,7 +202,8 @@ async fn review(state: Arc<AppState>, stage: Stage, headers: HeaderMap, body: By
             state
                 .metrics
                 .observe(endpoint, &parsed.kind, &parsed.operation, &verdict, seconds);
-            crate::decision_log::log(endpoint, &parsed, &verdict, seconds);
+            let cluster_age = state.metrics.cluster_state_age();
+            crate::decision_log::log(endpoint, &parsed, &verdict, seconds, cluster_age);
             Json(parsed.reply(&verdict)).into_response()
         }
     }
@@ -257,8 +267,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         },
         "cluster": {
             "namespaces": evaluator.cluster.namespaces.len(),
-            "quotas": evaluator.cluster.quotas.values().map(Vec::len).sum::<usize>(),
+            "quotas": evaluator.cluster.quota_count(),
             "nodes": evaluator.cluster.nodes.len(),
+            "live": state.live.get().is_some(),
+            "age_seconds": state.metrics.cluster_state_age(),
+            "quota_reservations": state.live.get().map(|l| l.reservations()),
         },
     }))
 }
@@ -449,6 +462,18 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
+    if let Some(live) = &config.live_cluster {
+        let client = crate::cluster::list::client(live.kubeconfig.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("live cluster state: {e}"))?;
+        crate::cluster::watch::start(
+            client,
+            state.clone(),
+            live.reservation_ttl,
+            Default::default(),
+            stop_rx.clone(),
+        );
+    }
     crate::reload::spawn_certificate_reloader(
         state.clone(),
         cert.clone(),

@@ -2,7 +2,7 @@
 //! evaluators, and writes each mutated object to target/mutated-objects/ so that
 //! `scripts/test` can validate them against the Kubernetes OpenAPI schema.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mlguard::casefile::{collect, run_file};
 use mlguard::policy::source::{embedded, Origin};
@@ -50,13 +50,12 @@ fn run(backend: Backend) -> Vec<String> {
     failures
 }
 
-fn file_stem(p: &PathBuf) -> String {
+fn file_stem(p: &Path) -> String {
     p.file_stem().unwrap().to_string_lossy().into_owned()
 }
 
-#[test]
-fn golden_cases_pass_on_the_vm() {
-    let failures = run(Backend::Vm);
+fn assert_cases_pass(backend: Backend) {
+    let failures = run(backend);
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
@@ -66,12 +65,40 @@ fn golden_cases_pass_on_the_vm() {
 }
 
 #[test]
+fn golden_cases_pass_on_the_vm() {
+    assert_cases_pass(Backend::Vm);
+}
+
+#[test]
 fn golden_cases_pass_on_the_interpreter() {
-    let failures = run(Backend::Interpreter);
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n\n")
+    assert_cases_pass(Backend::Interpreter);
+}
+
+/// The default set must run on the bytecode VM: falling back to the interpreter would cost
+/// several times the latency on every request.
+#[test]
+fn default_policies_compile_for_the_vm() {
+    let set = mlguard::policy::PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
+    assert_eq!(
+        set.backend,
+        Backend::Vm,
+        "fell back: {:?}",
+        set.vm_fallback_reason
+    );
+    let mut names = set.policy_names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "gpu_capacity",
+            "gpu_limits",
+            "gpu_memory_limit",
+            "gpu_node_affinity",
+            "gpu_quota",
+            "gpu_shm",
+            "gpu_toleration",
+            "job_deadline",
+            "job_lifecycle"
+        ]
     );
 }

@@ -1,8 +1,20 @@
 //! Cluster state the policies read as `data.mlguard.cluster`: namespaces, ResourceQuotas and
 //! nodes, from snapshot files (`snapshot`) or, in a cluster, from watch caches (`watch`).
+//!
+//! - `state`: the data model and its JSON form; `quantity`: Kubernetes quantities;
+//! - `snapshot`: the state from YAML files; `list`: the state (and workloads) read once live;
+//! - `watch`: kube reflectors that keep the state current;
+//! - `usage` and `ledger`: what a pod is charged against quotas, and reservations for pods
+//!   admitted but not yet shown in the quota status; `live` joins them to the request path.
 
+pub mod ledger;
+pub mod list;
+pub mod live;
 pub mod quantity;
 pub mod snapshot;
 pub mod state;
+pub mod usage;
+pub mod watch;
 
+pub use live::LiveCluster;
 pub use state::ClusterState;

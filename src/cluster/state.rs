@@ -3,6 +3,7 @@
 //! that policies stay simple and requests stay cheap.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
 use serde_json::{json, Map, Value as Json};
@@ -15,11 +16,22 @@ pub struct NamespaceInfo {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// One scope of a ResourceQuota: `spec.scopes` entries (operator `Exists`) and
+/// `spec.scopeSelector.matchExpressions` alike. A scoped quota charges only the pods that every
+/// term selects (see `usage::scopes_select`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeTerm {
+    pub scope_name: String,
+    pub operator: String,
+    pub values: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Quota {
     pub name: String,
     pub hard: BTreeMap<String, f64>,
     pub used: BTreeMap<String, f64>,
+    pub scopes: Vec<ScopeTerm>,
 }
 
 impl Quota {
@@ -45,11 +57,21 @@ pub struct NodeInfo {
 /// What mlguard knows of the cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
-    pub namespaces: BTreeMap<String, NamespaceInfo>,
-    pub quotas: BTreeMap<String, Vec<Quota>>,
-    pub nodes: BTreeMap<String, NodeInfo>,
+    // Shared so that a copy with one namespace's quotas changed (a quota reservation) costs
+    // little on a large cluster; writers go through `Arc::make_mut`.
+    pub namespaces: Arc<BTreeMap<String, NamespaceInfo>>,
+    pub quotas: BTreeMap<String, Arc<Vec<Quota>>>,
+    pub nodes: Arc<BTreeMap<String, NodeInfo>>,
     /// Messages about objects that could not be read (bad quantities); logged, never fatal.
     pub problems: Vec<String>,
+}
+
+fn numbers(m: &BTreeMap<String, f64>) -> Json {
+    Json::Object(
+        m.iter()
+            .map(|(k, v)| (k.clone(), quantity::to_json(*v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 fn quantities(
@@ -74,7 +96,7 @@ impl ClusterState {
         let Some(name) = ns.metadata.name.clone() else {
             return;
         };
-        self.namespaces.insert(
+        Arc::make_mut(&mut self.namespaces).insert(
             name,
             NamespaceInfo {
                 labels: ns.metadata.labels.clone().unwrap_or_default(),
@@ -103,9 +125,36 @@ impl ClusterState {
         );
         // status.hard is what the quota controller enforces; spec.hard is what was asked for.
         // They differ only briefly after an edit, and spec is the intent, so spec wins.
-        let entry = self.quotas.entry(namespace).or_default();
+        let spec = rq.spec.as_ref();
+        let mut scopes: Vec<ScopeTerm> = spec
+            .and_then(|s| s.scopes.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|scope| ScopeTerm {
+                scope_name: scope.clone(),
+                operator: "Exists".into(),
+                values: Vec::new(),
+            })
+            .collect();
+        scopes.extend(
+            spec.and_then(|s| s.scope_selector.as_ref())
+                .and_then(|s| s.match_expressions.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|e| ScopeTerm {
+                    scope_name: e.scope_name.clone(),
+                    operator: e.operator.clone(),
+                    values: e.values.clone().unwrap_or_default(),
+                }),
+        );
+        let entry = Arc::make_mut(self.quotas.entry(namespace).or_default());
         entry.retain(|q| q.name != name);
-        entry.push(Quota { name, hard, used });
+        entry.push(Quota {
+            name,
+            hard,
+            used,
+            scopes,
+        });
         entry.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
@@ -118,7 +167,7 @@ impl ClusterState {
             &format!("Node {name} status.allocatable"),
             &mut self.problems,
         );
-        self.nodes.insert(
+        Arc::make_mut(&mut self.nodes).insert(
             name,
             NodeInfo {
                 labels: node.metadata.labels.clone().unwrap_or_default(),
@@ -130,6 +179,11 @@ impl ClusterState {
                     .unwrap_or(false),
             },
         );
+    }
+
+    /// How many ResourceQuotas, over all namespaces.
+    pub fn quota_count(&self) -> usize {
+        self.quotas.values().map(|q| q.len()).sum()
     }
 
     /// Per resource, the most any one schedulable node offers.
@@ -152,15 +206,34 @@ impl ClusterState {
             .unwrap_or_default()
     }
 
+    /// `quotas[namespace]` of the `data.mlguard.cluster` document; None without quotas.
+    pub fn namespace_quotas_json(&self, namespace: &str) -> Option<Json> {
+        let list: Vec<Json> = self
+            .quotas
+            .get(namespace)?
+            .iter()
+            .map(|q| {
+                let mut quota = json!({"name": q.name, "hard": numbers(&q.hard),
+                    "used": numbers(&q.used), "remaining": numbers(&q.remaining())});
+                // Only scoped quotas carry `scopes`, so unscoped documents are unchanged.
+                if !q.scopes.is_empty() {
+                    quota["scopes"] = q
+                        .scopes
+                        .iter()
+                        .map(|t| {
+                            json!({"scopeName": t.scope_name, "operator": t.operator,
+                                   "values": t.values})
+                        })
+                        .collect();
+                }
+                quota
+            })
+            .collect();
+        Some(Json::Array(list))
+    }
+
     /// The `data.mlguard.cluster` document.
     pub fn to_json(&self) -> Json {
-        let numbers = |m: &BTreeMap<String, f64>| {
-            Json::Object(
-                m.iter()
-                    .map(|(k, v)| (k.clone(), quantity::to_json(*v)))
-                    .collect::<Map<_, _>>(),
-            )
-        };
         let namespaces: Map<String, Json> = self
             .namespaces
             .iter()
@@ -173,17 +246,8 @@ impl ClusterState {
             .collect();
         let quotas: Map<String, Json> = self
             .quotas
-            .iter()
-            .map(|(ns, qs)| {
-                let list: Vec<Json> = qs
-                    .iter()
-                    .map(|q| {
-                        json!({"name": q.name, "hard": numbers(&q.hard), "used": numbers(&q.used),
-                               "remaining": numbers(&q.remaining())})
-                    })
-                    .collect();
-                (ns.clone(), Json::Array(list))
-            })
+            .keys()
+            .filter_map(|ns| Some((ns.clone(), self.namespace_quotas_json(ns)?)))
             .collect();
         let nodes: Map<String, Json> = self
             .nodes

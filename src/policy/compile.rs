@@ -132,6 +132,7 @@ impl PolicySet {
         // As in OPA by default, a builtin error makes its expression undefined; the probe below
         // and `mlguard test` are where policy authors see such mistakes.
         engine.set_strict_builtin_errors(false);
+        engine.set_execution_timer_config(eval_time_limit());
         let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for file in &rego {
             lint::check(&file.name, &file.text)?;
@@ -220,7 +221,7 @@ impl PolicySet {
             },
         };
 
-        let set = Arc::new(PolicySet {
+        let mut set = Arc::new(PolicySet {
             digest: digest(&files),
             origin,
             files: files.iter().map(|f| f.name.clone()).collect(),
@@ -232,7 +233,14 @@ impl PolicySet {
             engine,
             program,
         });
-        super::eval::probe(&set)?;
+        if let Some(reason) = super::eval::probe(&set)? {
+            // The probe's evaluators are gone, so this is the only reference.
+            if let Some(s) = Arc::get_mut(&mut set) {
+                s.backend = Backend::Interpreter;
+                s.program = None;
+                s.vm_fallback_reason = Some(reason);
+            }
+        }
         Ok(set)
     }
 
@@ -240,6 +248,18 @@ impl PolicySet {
     pub fn load(origin: Origin, preferred: Backend) -> Result<Arc<PolicySet>, PolicyError> {
         let files = super::source::read(&origin)?;
         PolicySet::compile(files, origin, preferred)
+    }
+}
+
+/// Wall-clock budget of one rule evaluation. Policies take microseconds; this only stops a
+/// runaway policy from using up the API server's webhook timeout (5 s in the manifests), so
+/// that the request gets a clear denial instead of the API server's failure policy.
+pub const EVAL_TIME_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub(crate) fn eval_time_limit() -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit: EVAL_TIME_LIMIT,
+        check_interval: std::num::NonZeroU32::new(256).expect("non-zero"),
     }
 }
 
@@ -260,4 +280,74 @@ fn compile_vm(engine: &mut Engine, policies: &[Policy]) -> Result<Arc<Program>, 
         .map_err(|e| format!("{e:#}"))?;
     let refs: Vec<&str> = entry_points.iter().map(String::as_str).collect();
     Compiler::compile_from_policy(&compiled, &refs).map_err(|e| format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::source::FileKind;
+
+    fn rego(name: &str, text: &str) -> SourceFile {
+        SourceFile {
+            name: name.into(),
+            kind: FileKind::Rego,
+            text: text.into(),
+        }
+    }
+
+    /// An `else` after a body that binds an undefined value: the VM in regorus 0.14 returns
+    /// undefined where OPA and the interpreter take the `else`. Such a set must not run on
+    /// the VM.
+    #[test]
+    fn a_set_the_vm_evaluates_differently_runs_on_the_interpreter() {
+        let src = "package mlguard.policies.limit\n\nimport rego.v1\n\n\
+                   limit := v if {\n  v := input.review.object.metadata.annotations.x\n} else := 5\n\n\
+                   deny contains sprintf(\"limit %v\", [limit]) if input.review.kind.kind == \"Pod\"\n";
+        let set = PolicySet::compile(vec![rego("limit.rego", src)], Origin::Embedded, Backend::Vm)
+            .unwrap();
+        assert_eq!(set.backend, Backend::Interpreter);
+        let reason = set.vm_fallback_reason.as_deref().unwrap();
+        assert!(reason.contains("policy limit"), "{reason}");
+    }
+
+    /// A policy that runs away on some input is stopped and reported as an evaluation error
+    /// (which denies under the `deny` action) on both evaluators.
+    #[test]
+    fn a_runaway_policy_is_stopped() {
+        use crate::cluster::ClusterState;
+        use crate::policy::{Evaluator, Stage};
+        let src = "package mlguard.policies.slow\n\nimport rego.v1\n\n\
+                   deny contains \"never\" if {\n  input.review.object.metadata.labels.slow\n  \
+                   some i in numbers.range(1, 4000)\n  some j in numbers.range(1, 4000)\n  i * j < 0\n}\n";
+        for backend in [Backend::Vm, Backend::Interpreter] {
+            let set = PolicySet::compile(vec![rego("slow.rego", src)], Origin::Embedded, backend)
+                .unwrap();
+            let evaluator =
+                Evaluator::new(set, std::sync::Arc::new(ClusterState::default())).unwrap();
+            let review = Value::from(serde_json::json!({
+                "operation": "CREATE", "kind": {"kind": "Pod"},
+                "object": {"metadata": {"labels": {"slow": "yes"}}}
+            }));
+            let started = std::time::Instant::now();
+            let outputs = evaluator.evaluate(&review, Stage::Validate);
+            let error = outputs[0]
+                .error
+                .as_ref()
+                .expect("the runaway rule is an error");
+            assert_eq!(error.policy, "slow");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "{backend:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_set_both_evaluators_agree_on_stays_on_the_vm() {
+        let src = "package mlguard.policies.limit\n\nimport rego.v1\n\n\
+                   deny contains \"no\" if input.review.kind.kind == \"Pod\"\n";
+        let set = PolicySet::compile(vec![rego("limit.rego", src)], Origin::Embedded, Backend::Vm)
+            .unwrap();
+        assert_eq!(set.backend, Backend::Vm, "{:?}", set.vm_fallback_reason);
+    }
 }

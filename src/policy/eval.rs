@@ -99,24 +99,68 @@ thread_local! {
 
 impl Evaluator {
     pub fn new(set: Arc<PolicySet>, cluster: Arc<ClusterState>) -> Result<Evaluator, PolicyError> {
+        let backend = set.backend;
+        Evaluator::with_backend(set, cluster, backend)
+    }
+
+    /// An evaluator on a given backend; the VM needs the set to have a compiled program.
+    fn with_backend(
+        set: Arc<PolicySet>,
+        cluster: Arc<ClusterState>,
+        backend: Backend,
+    ) -> Result<Evaluator, PolicyError> {
         let mut mlguard = Value::new_object();
         insert(&mut mlguard, "config", set.config_value.clone());
         insert(&mut mlguard, "cluster", Value::from(cluster.to_json()));
         let mut data = Value::new_object();
         insert(&mut data, "mlguard", mlguard);
-        let engine = match set.backend {
+        let engine = match backend {
             Backend::Vm => None,
-            Backend::Interpreter => {
-                let mut engine = set.engine.clone();
-                engine.clear_data();
-                engine
-                    .add_data(data.clone())
-                    .map_err(|e| PolicyError::Compile(format!("cluster data: {e:#}")))?;
-                Some(engine)
-            }
+            Backend::Interpreter => Some(interpreter(&set, &data)?),
         };
         Ok(Evaluator {
             set,
+            cluster,
+            data,
+            engine,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// This evaluator with `cluster`, which must differ from its own state only in
+    /// `quotas[namespace]`: only that entry of the data is converted again. Quota reservations
+    /// change one namespace per admitted pod, and converting a large cluster's whole state
+    /// each time would cost milliseconds on the request path.
+    pub fn with_namespace_quotas(
+        &self,
+        cluster: Arc<ClusterState>,
+        namespace: &str,
+    ) -> Result<Evaluator, PolicyError> {
+        let mut data = self.data.clone();
+        let mut node = &mut data;
+        for key in ["mlguard", "cluster", "quotas"] {
+            match node
+                .as_object_mut()
+                .ok()
+                .and_then(|m| m.get_mut(&Value::from(key)))
+            {
+                Some(next) => node = next,
+                None => return Evaluator::new(self.set.clone(), cluster),
+            }
+        }
+        let Ok(quotas) = node.as_object_mut() else {
+            return Evaluator::new(self.set.clone(), cluster);
+        };
+        match cluster.namespace_quotas_json(namespace) {
+            Some(list) => quotas.insert(Value::from(namespace), Value::from(list)),
+            None => quotas.remove(&Value::from(namespace)),
+        };
+        let engine = match self.engine {
+            None => None,
+            Some(_) => Some(interpreter(&self.set, &data)?),
+        };
+        Ok(Evaluator {
+            set: self.set.clone(),
             cluster,
             data,
             engine,
@@ -202,6 +246,7 @@ impl Evaluator {
                     let mut vm = RegoVM::new();
                     vm.load_program(program.clone());
                     vm.set_max_instructions(MAX_INSTRUCTIONS);
+                    vm.set_execution_timer_config(Some(super::compile::eval_time_limit()));
                     vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
                     *slot = Some((self.id, vm));
                 }
@@ -213,6 +258,16 @@ impl Evaluator {
             (None, None) => Err("policy set has no evaluator (internal error)".into()),
         }
     }
+}
+
+/// An interpreter engine with `data` loaded.
+fn interpreter(set: &PolicySet, data: &Value) -> Result<Engine, PolicyError> {
+    let mut engine = set.engine.clone();
+    engine.clear_data();
+    engine
+        .add_data(data.clone())
+        .map_err(|e| PolicyError::Compile(format!("cluster data: {e:#}")))?;
+    Ok(engine)
 }
 
 fn to_json(value: &Value) -> serde_json::Value {
@@ -297,24 +352,101 @@ fn probe_reviews() -> Vec<serde_json::Value> {
     ]
 }
 
-pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<(), PolicyError> {
-    let evaluator = Evaluator::new(set.clone(), Arc::new(ClusterState::default()))?;
+/// Runs every policy on the sample reviews. A policy that fails on them is an error. When the
+/// set runs on the VM, the interpreter runs them too: the VM is younger and does not yet
+/// agree with the interpreter on every construct, and a policy that means one thing in a test
+/// and another in production is worse than a slower one. Returns the disagreement, if any.
+pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<Option<String>, PolicyError> {
+    let cluster = Arc::new(ClusterState::default());
+    let evaluator = Evaluator::new(set.clone(), cluster.clone())?;
+    let reference = match set.backend {
+        Backend::Vm => Some(Evaluator::with_backend(
+            set.clone(),
+            cluster,
+            Backend::Interpreter,
+        )?),
+        Backend::Interpreter => None,
+    };
+    let mut disagreement = None;
     for review in probe_reviews() {
+        let kind = review["kind"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let review = Value::from(review);
         for stage in [Stage::Mutate, Stage::Validate] {
-            for output in evaluator.evaluate(&review, stage) {
-                if let Some(e) = output.error {
-                    return Err(PolicyError::Shape {
-                        policy: e.policy,
-                        rule: e.rule.into(),
-                        message: format!(
-                            "on a sample GPU {}: {}",
-                            review["kind"]["kind"], e.message
-                        ),
-                    });
-                }
+            let outputs = evaluator.evaluate(&review, stage);
+            if let Some(e) = outputs.iter().find_map(|o| o.error.clone()) {
+                return Err(PolicyError::Shape {
+                    policy: e.policy,
+                    rule: e.rule.into(),
+                    message: format!("on a sample GPU {kind}: {}", e.message),
+                });
             }
+            let Some(reference) = &reference else {
+                continue;
+            };
+            if disagreement.is_some() {
+                continue;
+            }
+            let expected = reference.evaluate(&review, stage);
+            disagreement = first_difference(&outputs, &expected).map(|policy| {
+                format!(
+                    "the bytecode VM and the interpreter disagree on policy {policy} for a sample \
+                     GPU {kind} ({}); the interpreter is used",
+                    stage.as_str()
+                )
+            });
         }
     }
-    Ok(())
+    Ok(disagreement)
+}
+
+/// The first policy whose output differs between two evaluations.
+fn first_difference(a: &[PolicyOutput], b: &[PolicyOutput]) -> Option<String> {
+    let find = |list: &[PolicyOutput], name: &str| list.iter().find(|o| o.policy == name).cloned();
+    a.iter()
+        .chain(b)
+        .map(|o| o.policy.as_str())
+        .find(|name| find(a, name) != find(b, name))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::source::Origin;
+
+    fn state(used: &str, with_team: bool) -> ClusterState {
+        let mut s = ClusterState::default();
+        let mut quotas = vec![serde_json::json!({
+            "metadata": {"name": "gpu", "namespace": "ml"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "8"}},
+            "status": {"used": {"requests.nvidia.com/gpu": used}}})];
+        if with_team {
+            quotas.push(
+                serde_json::json!({"metadata": {"name": "gpu", "namespace": "team"},
+                "spec": {"hard": {"requests.nvidia.com/gpu": "2"}}}),
+            );
+        }
+        for q in quotas {
+            s.add_quota(&serde_json::from_value(q).unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn a_namespace_quota_update_equals_a_full_rebuild() {
+        let set = PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
+        let before = Evaluator::new(set.clone(), Arc::new(state("1", true))).unwrap();
+        for (after, namespace) in [(state("5", true), "ml"), (state("1", false), "team")] {
+            let after = Arc::new(after);
+            let updated = before
+                .with_namespace_quotas(after.clone(), namespace)
+                .unwrap();
+            let rebuilt = Evaluator::new(set.clone(), after).unwrap();
+            assert_eq!(updated.data, rebuilt.data, "{namespace}");
+            assert_ne!(updated.id, before.id);
+        }
+    }
 }

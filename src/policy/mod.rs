@@ -6,12 +6,14 @@
 //! - `compile` turns files into an immutable [`PolicySet`], once, off the request path;
 //! - `eval` runs a [`PolicySet`] against one review;
 //! - `patch` makes the patches policies emit safe and idempotent;
+//! - `rego_tests` runs `test_*` rules in `*_test.rego` files, as `opa test` does;
 //! - `verdict` combines outputs and enforcement actions into a [`verdict::Verdict`].
 
 pub mod compile;
 pub mod eval;
 pub mod lint;
 pub mod patch;
+pub mod rego_tests;
 pub mod settings;
 pub mod source;
 pub mod verdict;

@@ -41,6 +41,7 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Policy and data files: what is compiled and served.
 fn classify(name: &str) -> Option<FileKind> {
     // Rego unit tests live next to the policies but are run by `mlguard test`, never served.
     if name.ends_with("_test.rego") {
@@ -55,6 +56,13 @@ fn classify(name: &str) -> Option<FileKind> {
     }
 }
 
+/// Rego unit tests (`*_test.rego`), for `mlguard test`.
+fn classify_test(name: &str) -> Option<FileKind> {
+    name.ends_with("_test.rego").then_some(FileKind::Rego)
+}
+
+type Classify = fn(&str) -> Option<FileKind>;
+
 /// Hidden entries are skipped: a kubelet-mounted ConfigMap holds every file twice, once behind
 /// the `..data` symlink and once in the timestamped `..2024_...` directory it points to.
 fn is_hidden(name: &std::ffi::OsStr) -> bool {
@@ -63,6 +71,10 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
 
 /// Reads every policy and data file under `dir`, recursively, in a stable order.
 pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
+    walk(dir, classify)
+}
+
+fn walk(dir: &Path, classify: Classify) -> Result<Vec<SourceFile>, PolicyError> {
     if !dir.is_dir() {
         return Err(PolicyError::Io {
             path: dir.display().to_string(),
@@ -105,13 +117,17 @@ pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
 
 /// The default policy set compiled into the binary from `policies/`.
 pub fn embedded() -> Vec<SourceFile> {
+    embedded_matching(classify)
+}
+
+fn embedded_matching(classify: Classify) -> Vec<SourceFile> {
     let mut files = Vec::new();
-    collect_embedded(&EMBEDDED, &mut files);
+    collect_embedded(&EMBEDDED, classify, &mut files);
     files.sort_by(|a, b| a.name.cmp(&b.name));
     files
 }
 
-fn collect_embedded(dir: &Dir<'static>, out: &mut Vec<SourceFile>) {
+fn collect_embedded(dir: &Dir<'static>, classify: Classify, out: &mut Vec<SourceFile>) {
     for file in dir.files() {
         let name = file.path().to_string_lossy().replace('\\', "/");
         if let (Some(kind), Some(text)) = (classify(&name), file.contents_utf8()) {
@@ -123,7 +139,7 @@ fn collect_embedded(dir: &Dir<'static>, out: &mut Vec<SourceFile>) {
         }
     }
     for sub in dir.dirs() {
-        collect_embedded(sub, out);
+        collect_embedded(sub, classify, out);
     }
 }
 
@@ -132,6 +148,14 @@ pub fn read(origin: &Origin) -> Result<Vec<SourceFile>, PolicyError> {
     match origin {
         Origin::Embedded => Ok(embedded()),
         Origin::Directory(dir) => read_dir(dir),
+    }
+}
+
+/// Reads the Rego unit tests of `origin`.
+pub fn read_tests(origin: &Origin) -> Result<Vec<SourceFile>, PolicyError> {
+    match origin {
+        Origin::Embedded => Ok(embedded_matching(classify_test)),
+        Origin::Directory(dir) => walk(dir, classify_test),
     }
 }
 

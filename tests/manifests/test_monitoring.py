@@ -29,6 +29,7 @@ METRICS = {
     }),
     "mlguard_admission_request_duration_seconds": ("histogram", {"endpoint": {"mutate", "validate"}}),
     "mlguard_policy_violations_total": ("counter", {"policy": None, "action": {"deny", "warn", "dryrun"}}),
+    "mlguard_policy_dryrun_patches_total": ("counter", {"policy": None}),
     "mlguard_policy_reloads_total": ("counter", {"result": {"success", "failure"}}),
     "mlguard_policy_generation": ("gauge", {}),
     "mlguard_policy_last_reload_success": ("gauge", {}),

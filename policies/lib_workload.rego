@@ -1,0 +1,182 @@
+# Helpers every default policy shares: what is under review, which of its containers use GPUs,
+# and how much of a resource a pod asks for. Policies import it as data.mlguard.lib.workload.
+package mlguard.lib.workload
+
+import rego.v1
+
+gpu_config := data.mlguard.config.gpu
+
+jobs_config := data.mlguard.config.jobs
+
+kind := input.review.kind.kind
+
+obj := input.review.object
+
+namespace := input.review.namespace
+
+is_pod if kind == "Pod"
+
+is_job if kind == "Job"
+
+# The pod spec a policy looks at: a Pod's own, or the template of the pods a Job creates.
+pod_spec := obj.spec if is_pod
+
+pod_spec := obj.spec.template.spec if is_job
+
+# Pods made by a controller have only a generateName when they are admitted.
+name := n if {
+	n := obj.metadata.name
+	n != ""
+} else := sprintf("%s*", [obj.metadata.generateName]) if {
+	obj.metadata.generateName != ""
+} else := "(unnamed)"
+
+# "Pod ml-team/train-0": how every message names the object.
+subject := sprintf("%s %s/%s", [kind, namespace, name])
+
+# --- GPU resources -------------------------------------------------------------------------
+
+gpu_patterns contains p if some p in gpu_config.resources
+
+gpu_patterns contains p if {
+	some vendor in gpu_config.vendors
+	some p in vendor.resources
+}
+
+matches(pattern, resource) if {
+	not endswith(pattern, "*")
+	pattern == resource
+}
+
+matches(pattern, resource) if {
+	endswith(pattern, "*")
+	startswith(resource, trim_suffix(pattern, "*"))
+}
+
+is_gpu(resource) if {
+	some p in gpu_patterns
+	matches(p, resource)
+}
+
+requests(c) := object.get(c, ["resources", "requests"], {})
+
+limits(c) := object.get(c, ["resources", "limits"], {})
+
+gpu_resources(c) := {r | some r, _ in requests(c); is_gpu(r)} | {r | some r, _ in limits(c); is_gpu(r)}
+
+is_gpu_container(c) if count(gpu_resources(c)) > 0
+
+# Every container and init container, with where it sits, for messages and patch paths.
+containers contains {"field": "containers", "index": i, "container": c} if {
+	some i, c in pod_spec.containers
+}
+
+containers contains {"field": "initContainers", "index": i, "container": c} if {
+	some i, c in pod_spec.initContainers
+}
+
+describe(entry) := sprintf("container %q", [entry.container.name]) if entry.field == "containers"
+
+describe(entry) := sprintf("init container %q", [entry.container.name]) if entry.field == "initContainers"
+
+# GPU resources any container of the pod asks for.
+pod_gpu_resources contains r if {
+	some entry in containers
+	some r in gpu_resources(entry.container)
+}
+
+is_gpu_workload if count(pod_gpu_resources) > 0
+
+# The vendors whose resources the pod uses.
+used_vendors contains vendor if {
+	some vendor in gpu_config.vendors
+	some r in pod_gpu_resources
+	some p in vendor.resources
+	matches(p, r)
+}
+
+# --- Quantities and demand -----------------------------------------------------------------
+
+# GPU quantities are whole numbers; manifests may write them as numbers or strings.
+qty(q) := q if is_number(q)
+
+qty(q) := to_number(q) if is_string(q)
+
+# What a container asks for. Where only the limit is set, the API server defaults the request
+# to it (on Pods at creation; a Job's pods get the same when the Job creates them).
+request(c, r) := qty(requests(c)[r])
+
+request(c, r) := qty(limits(c)[r]) if not requests(c)[r]
+
+request(c, r) := 0 if {
+	not requests(c)[r]
+	not limits(c)[r]
+}
+
+limit(c, r) := qty(limits(c)[r])
+
+limit(c, r) := 0 if not limits(c)[r]
+
+amount(c, r, "requests") := request(c, r)
+
+amount(c, r, "limits") := limit(c, r)
+
+init_containers(spec) := object.get(spec, "initContainers", [])
+
+# A sidecar is an init container that keeps running next to the containers.
+sidecar(c) if c.restartPolicy == "Always"
+
+# What a pod needs of resource r at once, as the scheduler and ResourceQuota count it: the
+# containers and sidecars together, or the largest init container plus the sidecars started
+# before it, whichever is more.
+demand(spec, r, field) := max({running_demand(spec, r, field), init_demand(spec, r, field)})
+
+running_demand(spec, r, field) := sum([amount(c, r, field) | some c in object.get(spec, "containers", [])]) + sum([amount(c, r, field) |
+	some c in init_containers(spec)
+	sidecar(c)
+])
+
+init_demand(spec, r, field) := max(peaks) if {
+	peaks := {peak |
+		some i, c in init_containers(spec)
+		not sidecar(c)
+		peak := amount(c, r, field) + sidecars_before(spec, i, r, field)
+	}
+	count(peaks) > 0
+} else := 0
+
+sidecars_before(spec, i, r, field) := sum([amount(s, r, field) |
+	some j, s in init_containers(spec)
+	j < i
+	sidecar(s)
+])
+
+# --- Jobs ----------------------------------------------------------------------------------
+
+# A CronJob manages its Jobs' history and deadlines itself.
+cron_owned if {
+	some ref in obj.metadata.ownerReferences
+	ref.kind == "CronJob"
+}
+
+# Pods a Job runs at once: parallelism (default 1), never more than completions.
+job_concurrency := min({parallelism, obj.spec.completions}) if {
+	is_number(obj.spec.completions)
+} else := parallelism
+
+parallelism := object.get(obj.spec, "parallelism", 1)
+
+# The longest activeDeadlineSeconds allowed in the namespace: its annotation, else its entry
+# in the configuration, else the cluster-wide maximum.
+annotated_deadline := to_number(data.mlguard.cluster.namespaces[namespace].annotations[jobs_config.max_deadline_annotation])
+
+configured_deadline := jobs_config.namespace_max_active_deadline_seconds[namespace]
+
+max_deadline := annotated_deadline
+
+max_deadline := configured_deadline if not annotated_deadline
+
+max_deadline := jobs_config.max_active_deadline_seconds if {
+	not annotated_deadline
+	not configured_deadline
+}

@@ -1,0 +1,554 @@
+//! `mlguard audit`: manifests in, a report of what the API server would do with them out.
+//!
+//! - `input` reads files, directories and standard input into documents;
+//! - `objects` turns each document into what the API server would admit for it: the Pod or
+//!   Job itself, or the pods (and Jobs) a workload's controller would create;
+//! - this module runs each through [`crate::casefile::simulate`] (mutate, apply the patch,
+//!   validate the mutated object) on all cores, with one evaluator built once;
+//! - `report` renders the result as text, JSON or JUnit XML.
+//!
+//! Exit status: 0 when nothing would be denied, 1 when something would be, 2 when the audit
+//! cannot run (unreadable or invalid file, bad policies or cluster snapshot).
+
+pub mod input;
+pub mod objects;
+pub mod report;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::casefile::simulate;
+use crate::cluster::snapshot;
+use crate::pipeline::Mode;
+use crate::policy::{Evaluator, PolicySet};
+use objects::{Identity, Manifest, Plan, Source};
+
+/// What happened to one manifest object, from most to least serious.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    /// The API server would reject it (or a pod it creates).
+    Denied,
+    /// Admitted with warnings, or with records of what a dry-run policy would have done.
+    Warned,
+    /// Admitted with changes.
+    Mutated,
+    /// Admitted unchanged.
+    Clean,
+    /// A kind mlguard does not admit.
+    Skipped,
+    /// Not a Kubernetes object, or it could not be evaluated.
+    Error,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Denied,
+        Status::Warned,
+        Status::Mutated,
+        Status::Clean,
+        Status::Skipped,
+        Status::Error,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Denied => "denied",
+            Status::Warned => "warned",
+            Status::Mutated => "mutated",
+            Status::Clean => "clean",
+            Status::Skipped => "skipped",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// One patch operation and the policy that asked for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub policy: String,
+    pub op: Json,
+}
+
+/// One object the API server admits: the manifest's Pod or Job, or a pod (or Job) its
+/// controller creates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Admission {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub denials: Vec<String>,
+    pub warnings: Vec<String>,
+    pub would_deny: Vec<String>,
+    pub would_patch: Vec<String>,
+    pub patch: Vec<Change>,
+    /// The object after mutation, when there was a patch.
+    pub patched: Option<Json>,
+    /// What mutating the mutated object changed again: a policy that is not idempotent.
+    pub repatch: Vec<Json>,
+}
+
+impl Admission {
+    pub fn status(&self) -> Status {
+        if !self.denials.is_empty() {
+            Status::Denied
+        } else if !self.warnings.is_empty()
+            || !self.would_deny.is_empty()
+            || !self.would_patch.is_empty()
+            || !self.repatch.is_empty()
+        {
+            Status::Warned
+        } else if !self.patch.is_empty() {
+            Status::Mutated
+        } else {
+            Status::Clean
+        }
+    }
+
+    /// "Pod ml/train-*".
+    pub fn subject(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// The audit of one manifest object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectReport {
+    pub source: Source,
+    /// Empty for documents that are not Kubernetes objects.
+    pub id: Identity,
+    pub status: Status,
+    /// Why it was skipped, or what the error is.
+    pub message: Option<String>,
+    pub admissions: Vec<Admission>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub mode: Mode,
+    pub objects: Vec<ObjectReport>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub objects: usize,
+    pub denied: usize,
+    pub warned: usize,
+    pub mutated: usize,
+    pub clean: usize,
+    pub skipped: usize,
+    pub errors: usize,
+}
+
+impl Summary {
+    pub fn count(&self, status: Status) -> usize {
+        match status {
+            Status::Denied => self.denied,
+            Status::Warned => self.warned,
+            Status::Mutated => self.mutated,
+            Status::Clean => self.clean,
+            Status::Skipped => self.skipped,
+            Status::Error => self.errors,
+        }
+    }
+}
+
+impl Report {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            objects: self.objects.len(),
+            ..Default::default()
+        };
+        for o in &self.objects {
+            *match o.status {
+                Status::Denied => &mut s.denied,
+                Status::Warned => &mut s.warned,
+                Status::Mutated => &mut s.mutated,
+                Status::Clean => &mut s.clean,
+                Status::Skipped => &mut s.skipped,
+                Status::Error => &mut s.errors,
+            } += 1;
+        }
+        s
+    }
+
+    /// 1 when anything would be denied, else 0.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.objects.iter().any(|o| o.status == Status::Denied))
+    }
+}
+
+/// Admits `object` in `namespace` as the API server would on CREATE.
+fn admit(
+    evaluator: &Evaluator,
+    object: &Json,
+    namespace: &str,
+    mode: Mode,
+) -> Result<Admission, String> {
+    let sim = simulate(evaluator, object, namespace, "CREATE", None, false, mode)?;
+    let patch: Vec<Change> = sim
+        .mutate
+        .patch
+        .iter()
+        .flat_map(|p| &p.ops)
+        .map(|(policy, op)| Change {
+            policy: policy.clone(),
+            op: op.clone(),
+        })
+        .collect();
+    let both = |f: fn(&crate::policy::verdict::Verdict) -> &Vec<String>| -> Vec<String> {
+        f(&sim.mutate)
+            .iter()
+            .chain(f(&sim.validate))
+            .cloned()
+            .collect()
+    };
+    Ok(Admission {
+        kind: object["kind"].as_str().unwrap_or("").to_string(),
+        namespace: namespace.to_string(),
+        name: match object["metadata"]["name"].as_str() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => format!(
+                "{}*",
+                object["metadata"]["generateName"].as_str().unwrap_or("")
+            ),
+        },
+        denials: both(|v| &v.denials),
+        warnings: both(|v| &v.warnings),
+        would_deny: both(|v| &v.would_deny),
+        would_patch: both(|v| &v.would_patch),
+        patched: (!patch.is_empty()).then_some(sim.mutated),
+        patch,
+        repatch: sim.second_patch,
+    })
+}
+
+/// Everything the API server admits for one manifest object. A Job's pods are made from the
+/// Job as it is stored, after mutation.
+fn admissions(
+    evaluator: &Evaluator,
+    id: &Identity,
+    plan: &Plan,
+    mode: Mode,
+) -> Result<Vec<Admission>, String> {
+    let ns = id.namespace.as_str();
+    match plan {
+        Plan::Pod(pod) | Plan::Template(pod) => Ok(vec![admit(evaluator, pod, ns, mode)?]),
+        Plan::Job(job) => {
+            let first = admit(evaluator, job, ns, mode)?;
+            let stored = first.patched.as_ref().unwrap_or(job);
+            let pod = objects::pod_of_job(stored);
+            let mut out = vec![first];
+            if let Some(pod) = pod {
+                out.push(admit(evaluator, &pod, ns, mode)?);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Audits one manifest document.
+pub fn audit_one(
+    evaluator: &Evaluator,
+    source: Source,
+    manifest: &Manifest,
+    mode: Mode,
+) -> ObjectReport {
+    let report = |id: Identity, status, message: Option<String>, admissions| ObjectReport {
+        source: source.clone(),
+        id,
+        status,
+        message,
+        admissions,
+    };
+    match manifest {
+        Manifest::Invalid { id, message } => {
+            report(id.clone(), Status::Error, Some(message.clone()), vec![])
+        }
+        Manifest::Skipped { id } => {
+            let why = format!(
+                "{} is not admitted by mlguard: only Pods, Jobs and workloads with a pod template are audited",
+                id.kind
+            );
+            report(id.clone(), Status::Skipped, Some(why), vec![])
+        }
+        Manifest::Audit { id, plan } => {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                admissions(evaluator, id, plan, mode)
+            }))
+            .unwrap_or_else(|_| Err("internal error while evaluating policies".into()));
+            match result {
+                Ok(list) => {
+                    let status = list
+                        .iter()
+                        .map(Admission::status)
+                        .min()
+                        .unwrap_or(Status::Clean);
+                    report(id.clone(), status, None, list)
+                }
+                Err(e) => report(
+                    id.clone(),
+                    Status::Error,
+                    Some(format!("cannot evaluate: {e}")),
+                    vec![],
+                ),
+            }
+        }
+    }
+}
+
+/// Audits every document on up to `threads` threads; the result keeps the input order.
+/// `progress` is called from the calling thread with (done, total) while the work runs.
+pub fn audit_all(
+    evaluator: &Evaluator,
+    documents: Vec<(Source, Json)>,
+    namespace: &str,
+    mode: Mode,
+    threads: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Report {
+    let total = documents.len();
+    let work: Vec<(Source, Manifest)> = documents
+        .into_iter()
+        .map(|(s, d)| {
+            let m = std::panic::catch_unwind(|| objects::classify(&d, namespace)).unwrap_or_else(
+                |_| Manifest::Invalid {
+                    id: Identity::default(),
+                    message: "internal error while reading this object".into(),
+                },
+            );
+            (s, m)
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let threads = threads.clamp(1, total.max(1));
+    let mut results: Vec<(usize, ObjectReport)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((source, manifest)) = work.get(i) else {
+                            break;
+                        };
+                        out.push((i, audit_one(evaluator, source.clone(), manifest, mode)));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    out
+                })
+            })
+            .collect();
+        // Small inputs finish before the first tick and show no progress at all.
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if workers.iter().all(|w| w.is_finished()) {
+                break;
+            }
+            progress(done.load(Ordering::Relaxed), total);
+        }
+        progress(total, total);
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    Report {
+        mode,
+        objects: results.into_iter().map(|(_, r)| r).collect(),
+    }
+}
+
+fn color_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Progress on stderr (a terminal): a line rewritten in place, erased when done.
+fn show_progress(done: usize, total: usize) {
+    static SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let mut err = std::io::stderr().lock();
+    if done < total {
+        SHOWN.store(true, Ordering::Relaxed);
+        let _ = write!(err, "\rmlguard audit: {done}/{total} objects");
+    } else if SHOWN.load(Ordering::Relaxed) {
+        let _ = write!(err, "\r\x1b[K");
+    }
+    let _ = err.flush();
+}
+
+fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
+    let documents = input::read(&args.files).map_err(|e| e.to_string())?;
+    let (origin, backend) = crate::config::policy_origin(&args.policy);
+    let set = PolicySet::load(origin, backend).map_err(|e| format!("policies: {e}"))?;
+    let cluster = snapshot::load(&args.cluster_snapshot).map_err(|e| e.to_string())?;
+    for problem in &cluster.problems {
+        eprintln!("mlguard audit: cluster snapshot: {problem}");
+    }
+    let evaluator = Evaluator::new(set, Arc::new(cluster)).map_err(|e| e.to_string())?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let progress: &dyn Fn(usize, usize) = if std::io::stderr().is_terminal() {
+        &show_progress
+    } else {
+        &|_, _| {}
+    };
+    Ok(audit_all(
+        &evaluator,
+        documents,
+        &args.namespace,
+        args.mode.into(),
+        threads,
+        progress,
+    ))
+}
+
+/// `mlguard audit`.
+pub fn run(args: &crate::cli::AuditArgs) -> ExitCode {
+    let report = match execute(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mlguard audit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match args.output {
+        crate::cli::OutputFormat::Text => {
+            let mut t = report::text(&report, color_wanted());
+            if args.show_patched {
+                t.push_str(&report::patched_yaml(&report));
+            }
+            t
+        }
+        crate::cli::OutputFormat::Json => report::json(&report, args.show_patched),
+        crate::cli::OutputFormat::Junit => report::junit(&report, args.show_patched),
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("mlguard audit: cannot write the report: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::from(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterState;
+    use crate::policy::source::{FileKind, Origin, SourceFile};
+    use crate::policy::Backend;
+    use serde_json::json;
+
+    /// Jobs get a template label (so their pods must carry it); pods with `bad: "yes"` are
+    /// denied.
+    const POLICY: &str = r#"package mlguard.policies.t
+
+import rego.v1
+
+patch contains {"op": "add", "path": "/spec/template/metadata/labels/stamped", "value": "yes"} if {
+	input.review.kind.kind == "Job"
+}
+
+deny contains "pods must not be bad" if input.review.object.metadata.labels.bad == "yes"
+
+deny contains "Job pods must be stamped" if {
+	input.review.kind.kind == "Pod"
+	input.review.object.metadata.ownerReferences[0].kind == "Job"
+	not input.review.object.metadata.labels.stamped
+}
+"#;
+
+    fn evaluator() -> Evaluator {
+        let files = vec![SourceFile {
+            name: "t.rego".into(),
+            kind: FileKind::Rego,
+            text: POLICY.into(),
+        }];
+        let set = PolicySet::compile(files, Origin::Embedded, Backend::Vm).unwrap();
+        Evaluator::new(set, Arc::new(ClusterState::default())).unwrap()
+    }
+
+    fn pod(name: &str, bad: bool) -> Json {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "labels": {"bad": if bad { "yes" } else { "no" }}},
+               "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    }
+
+    fn source(index: usize) -> Source {
+        Source {
+            file: "t.yaml".into(),
+            index,
+        }
+    }
+
+    #[test]
+    fn job_pods_come_from_the_mutated_job() {
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "train", "namespace": "ml"},
+            "spec": {"template": {"metadata": {"labels": {"app": "t"}},
+                     "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}});
+        let report = audit_all(
+            &evaluator(),
+            vec![(source(1), job)],
+            "default",
+            Mode::Enforce,
+            2,
+            &|_, _| {},
+        );
+        let o = &report.objects[0];
+        assert_eq!(o.admissions.len(), 2);
+        assert_eq!(o.admissions[0].kind, "Job");
+        assert_eq!(o.admissions[0].status(), Status::Mutated);
+        let pod = &o.admissions[1];
+        assert_eq!((pod.kind.as_str(), pod.name.as_str()), ("Pod", "train-*"));
+        assert!(pod.denials.is_empty(), "{:?}", pod.denials);
+        assert_eq!(o.status, Status::Mutated);
+        assert_eq!(report.exit_code(), 0);
+    }
+
+    #[test]
+    fn order_and_counts_survive_parallel_evaluation() {
+        let docs: Vec<(Source, Json)> = (0..40)
+            .map(|i| (source(i + 1), pod(&format!("p{i}"), i % 4 == 0)))
+            .chain([(source(41), json!({"replicas": 2}))])
+            .collect();
+        let report = audit_all(&evaluator(), docs, "ns", Mode::Enforce, 3, &|_, _| {});
+        let indexes: Vec<usize> = report.objects.iter().map(|o| o.source.index).collect();
+        assert_eq!(indexes, (1..=41).collect::<Vec<_>>());
+        assert_eq!(report.objects[4].id.name, "p4");
+        assert_eq!(report.objects[4].status, Status::Denied);
+        let s = report.summary();
+        assert_eq!((s.objects, s.denied, s.clean, s.errors), (41, 10, 30, 1));
+        assert_eq!(report.exit_code(), 1);
+        let relaxed = audit_all(
+            &evaluator(),
+            vec![(source(1), pod("p", true))],
+            "ns",
+            Mode::Warn,
+            1,
+            &|_, _| {},
+        );
+        assert_eq!(relaxed.objects[0].status, Status::Warned);
+        assert_eq!(relaxed.exit_code(), 0);
+    }
+
+    #[test]
+    fn status_is_the_most_serious_finding() {
+        let mut a = Admission::default();
+        assert_eq!(a.status(), Status::Clean);
+        a.patch.push(Change {
+            policy: "p".into(),
+            op: json!({"op": "add", "path": "/x", "value": 1}),
+        });
+        assert_eq!(a.status(), Status::Mutated);
+        a.would_deny.push("[p] no".into());
+        assert_eq!(a.status(), Status::Warned);
+        a.denials.push("[p] no".into());
+        assert_eq!(a.status(), Status::Denied);
+    }
+}

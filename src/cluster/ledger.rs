@@ -1,0 +1,295 @@
+//! Quota reservations for pods this replica admitted recently.
+//!
+//! The API server's ResourceQuota plugin charges a pod to `status.used` when it creates the
+//! pod, and mlguard learns of that charge only when the quota's watch event arrives, a moment
+//! later. Between the two, several pods would each see the same `remaining` figure. So every
+//! GPU (or other quota-charged) pod mlguard admits is reserved here and added to the `used`
+//! figures the policies read, until the quota's status shows it or the reservation expires.
+//!
+//! A reservation is settled when `status.used[key]` reaches its target: what was used when it
+//! was made, plus the reservations before it, plus its own amount. Pods that end meanwhile
+//! lower `used`, so a settlement can come late; then the reservation holds until it expires,
+//! which over-counts for a bounded time and never under-counts. Pure: time is passed in.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use super::state::Quota;
+use super::usage::{pod_usage, scopes_select};
+use super::ClusterState;
+
+/// What a pod will be charged against one quota of its namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub quota: String,
+    pub key: String,
+    pub amount: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Reservation {
+    namespace: String,
+    pod: String,
+    charge: Charge,
+    target: f64,
+    expires: Instant,
+}
+
+/// Tolerance for comparing sums of quantities such as `0.1` CPU.
+const EPSILON: f64 = 1e-9;
+
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    ttl: Duration,
+    entries: Vec<Reservation>,
+}
+
+/// The charges of `pod` against the quotas of `namespace` whose scopes select it.
+pub fn charges(state: &ClusterState, namespace: &str, pod: &Json) -> Vec<Charge> {
+    let mut out = Vec::new();
+    for quota in state
+        .quotas
+        .get(namespace)
+        .into_iter()
+        .flat_map(|q| q.iter())
+    {
+        if !scopes_select(&quota.scopes, pod) {
+            continue;
+        }
+        for (key, amount) in pod_usage(pod, quota.hard.keys().map(String::as_str)) {
+            out.push(Charge {
+                quota: quota.name.clone(),
+                key,
+                amount,
+            });
+        }
+    }
+    out
+}
+
+fn used(state: &ClusterState, namespace: &str, charge: &Charge) -> Option<f64> {
+    let quota = state
+        .quotas
+        .get(namespace)?
+        .iter()
+        .find(|q| q.name == charge.quota)?;
+    quota
+        .hard
+        .contains_key(&charge.key)
+        .then(|| quota.used.get(&charge.key).copied().unwrap_or(0.0))
+}
+
+impl Ledger {
+    pub fn new(ttl: Duration) -> Ledger {
+        Ledger {
+            ttl,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn pending(&self, namespace: &str, charge: &Charge) -> f64 {
+        self.entries
+            .iter()
+            .filter(|r| {
+                r.namespace == namespace
+                    && r.charge.quota == charge.quota
+                    && r.charge.key == charge.key
+            })
+            .map(|r| r.charge.amount)
+            .sum()
+    }
+
+    /// Records `charges` of the pod named `pod`, admitted now, against `base` (the state as
+    /// the API server last reported it, without reservations).
+    pub fn reserve(
+        &mut self,
+        base: &ClusterState,
+        namespace: &str,
+        pod: &str,
+        charges: Vec<Charge>,
+        now: Instant,
+    ) {
+        for charge in charges {
+            let Some(used) = used(base, namespace, &charge) else {
+                continue;
+            };
+            let target = used + self.pending(namespace, &charge) + charge.amount;
+            self.entries.push(Reservation {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                charge,
+                target,
+                expires: now + self.ttl,
+            });
+        }
+    }
+
+    /// Drops the reservations that `base` now shows as used, whose quota or key is gone, or
+    /// that have expired. Returns the pods whose reservations expired unsettled, for the log.
+    pub fn settle(&mut self, base: &ClusterState, now: Instant) -> Vec<String> {
+        let mut expired = Vec::new();
+        self.entries.retain(|r| {
+            let Some(used) = used(base, &r.namespace, &r.charge) else {
+                return false;
+            };
+            if used + EPSILON >= r.target {
+                return false;
+            }
+            if r.expires <= now {
+                expired.push(format!("{}/{}", r.namespace, r.pod));
+                return false;
+            }
+            true
+        });
+        expired.dedup();
+        expired
+    }
+
+    /// The quotas of `namespace` in `base` with its pending reservations added to the `used`
+    /// figures they are charged to, so that `remaining` shrinks with them.
+    pub fn namespace_quotas(&self, base: &ClusterState, namespace: &str) -> Vec<Quota> {
+        let mut quotas: Vec<Quota> = base
+            .quotas
+            .get(namespace)
+            .map(|q| q.to_vec())
+            .unwrap_or_default();
+        for r in self.entries.iter().filter(|r| r.namespace == namespace) {
+            if let Some(quota) = quotas.iter_mut().find(|q| q.name == r.charge.quota) {
+                *quota.used.entry(r.charge.key.clone()).or_insert(0.0) += r.charge.amount;
+            }
+        }
+        quotas
+    }
+
+    /// `base` with every pending reservation added (see [`Ledger::namespace_quotas`]).
+    pub fn apply(&self, base: &ClusterState) -> ClusterState {
+        let mut state = base.clone();
+        let namespaces: BTreeSet<&str> =
+            self.entries.iter().map(|r| r.namespace.as_str()).collect();
+        for namespace in namespaces {
+            if base.quotas.contains_key(namespace) {
+                let quotas = self.namespace_quotas(base, namespace);
+                state.quotas.insert(namespace.to_string(), Arc::new(quotas));
+            }
+        }
+        state
+    }
+
+    /// When the oldest reservation expires, for the settling timer.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.entries.iter().map(|r| r.expires).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    use serde_json::json;
+
+    fn state(hard: &str, used: &str) -> ClusterState {
+        let rq: ResourceQuota = serde_json::from_value(json!({
+            "metadata": {"name": "gpu", "namespace": "ml"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": hard, "pods": "100"}},
+            "status": {"used": {"requests.nvidia.com/gpu": used, "pods": "0"}},
+        }))
+        .unwrap();
+        let mut s = ClusterState::default();
+        s.add_quota(&rq);
+        s
+    }
+
+    fn gpu_pod(gpus: u32) -> Json {
+        json!({"spec": {"containers": [{"name": "c", "resources": {
+            "limits": {"nvidia.com/gpu": gpus.to_string()}}}]}})
+    }
+
+    fn remaining(s: &ClusterState) -> f64 {
+        s.quotas["ml"][0].remaining()["requests.nvidia.com/gpu"]
+    }
+
+    #[test]
+    fn charges_name_each_quota_key_the_pod_uses() {
+        let c = charges(&state("8", "0"), "ml", &gpu_pod(2));
+        assert_eq!(
+            c,
+            vec![
+                Charge {
+                    quota: "gpu".into(),
+                    key: "pods".into(),
+                    amount: 1.0
+                },
+                Charge {
+                    quota: "gpu".into(),
+                    key: "requests.nvidia.com/gpu".into(),
+                    amount: 2.0
+                },
+            ]
+        );
+        assert!(charges(&state("8", "0"), "other", &gpu_pod(2)).is_empty());
+    }
+
+    #[test]
+    fn reservations_shrink_remaining_until_the_status_shows_them() {
+        let now = Instant::now();
+        let base = state("8", "2");
+        let mut ledger = Ledger::new(Duration::from_secs(30));
+        for pod in ["a", "b"] {
+            let c = charges(&base, "ml", &gpu_pod(2));
+            ledger.reserve(&base, "ml", pod, c, now);
+        }
+        assert_eq!(remaining(&ledger.apply(&base)), 2.0);
+
+        // The quota plugin charged the first pod only: the second stays reserved.
+        let base = state("8", "4");
+        assert!(ledger.settle(&base, now).is_empty());
+        assert_eq!(remaining(&ledger.apply(&base)), 2.0);
+
+        let base = state("8", "6");
+        ledger.settle(&base, now);
+        assert_eq!(remaining(&ledger.apply(&base)), 2.0);
+        // `pods` was never charged in these statuses, so those reservations remain.
+        assert!(ledger.entries.iter().all(|r| r.charge.key == "pods"));
+    }
+
+    /// A ledger holding one pod of `gpus` GPUs, reserved now against an unused 8-GPU quota.
+    fn one_reserved(gpus: u32) -> (Ledger, ClusterState, Instant) {
+        let now = Instant::now();
+        let base = state("8", "0");
+        let mut ledger = Ledger::new(Duration::from_secs(30));
+        let c = charges(&base, "ml", &gpu_pod(gpus));
+        ledger.reserve(&base, "ml", "train-0", c, now);
+        (ledger, base, now)
+    }
+
+    #[test]
+    fn unsettled_reservations_expire() {
+        let (mut ledger, base, now) = one_reserved(3);
+        assert_eq!(ledger.next_expiry(), Some(now + Duration::from_secs(30)));
+        assert!(ledger
+            .settle(&base, now + Duration::from_secs(29))
+            .is_empty());
+        let expired = ledger.settle(&base, now + Duration::from_secs(30));
+        assert_eq!(expired, vec!["ml/train-0".to_string()]);
+        assert!(ledger.is_empty());
+        assert_eq!(remaining(&ledger.apply(&base)), 8.0);
+    }
+
+    #[test]
+    fn a_deleted_quota_drops_its_reservations() {
+        let (mut ledger, _, now) = one_reserved(1);
+        ledger.settle(&ClusterState::default(), now);
+        assert!(ledger.is_empty());
+    }
+}

@@ -1,0 +1,191 @@
+//! The live cluster state shared by the watch task and the request path.
+//!
+//! The watch task publishes what the API server reports (the base state); admitted pods add
+//! reservations (see `ledger`). The state the policies read is always base + reservations,
+//! and it changes only under one lock, so that checking a pod against `remaining` and
+//! reserving what it takes is a single step: two pods of the same namespace cannot both pass
+//! on the same figure.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::ledger::{charges, Ledger};
+use super::ClusterState;
+use crate::admission::ParsedReview;
+use crate::policy::verdict::Verdict;
+use crate::policy::{Evaluator, Stage};
+use crate::server::AppState;
+
+struct Inner {
+    base: Arc<ClusterState>,
+    ledger: Ledger,
+    /// The state last swapped into the evaluator (base + reservations).
+    served: Option<Arc<ClusterState>>,
+}
+
+pub struct LiveCluster {
+    inner: Mutex<Inner>,
+}
+
+impl Inner {
+    /// Swaps base + reservations into the evaluator, unless that is what it serves already.
+    fn serve(&mut self, app: &AppState) {
+        let effective = if self.ledger.is_empty() {
+            self.base.clone()
+        } else {
+            Arc::new(self.ledger.apply(&self.base))
+        };
+        if self.served.as_deref() == Some(&*effective) && self.is_served(app) {
+            return;
+        }
+        if let Err(e) = app.swap_cluster(effective.clone()) {
+            tracing::error!(error = %e, "cannot load the cluster state into the policies; keeping the previous state");
+            return;
+        }
+        self.served = Some(effective);
+    }
+
+    /// After a reservation in `namespace`: serves the state with that namespace's quotas
+    /// updated, converting only them (see `Evaluator::with_namespace_quotas`).
+    fn serve_namespace(&mut self, app: &AppState, namespace: &str) {
+        let Some(served) = self.served.clone().filter(|_| self.is_served(app)) else {
+            return self.serve(app);
+        };
+        let mut effective = (*served).clone();
+        effective.quotas.insert(
+            namespace.to_string(),
+            Arc::new(self.ledger.namespace_quotas(&self.base, namespace)),
+        );
+        let effective = Arc::new(effective);
+        let current = app.evaluator.load_full();
+        match current.with_namespace_quotas(effective.clone(), namespace) {
+            Ok(next) => {
+                // A policy reload swapping in meanwhile keeps its state; the next check sees it.
+                let previous = app.evaluator.compare_and_swap(&current, Arc::new(next));
+                if Arc::ptr_eq(&previous, &current) {
+                    self.served = Some(effective);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the quota reservation into the policies");
+            }
+        }
+    }
+
+    /// Whether the evaluator serves exactly the state this lock last swapped in; a policy
+    /// reload rebuilds the evaluator from whatever state it saw, which may be older.
+    fn is_served(&self, app: &AppState) -> bool {
+        self.served
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(&app.evaluator.load().cluster, s))
+    }
+}
+
+impl LiveCluster {
+    /// `ttl` bounds how long a reservation the quota status never confirms is kept.
+    pub fn new(ttl: Duration) -> Arc<LiveCluster> {
+        Arc::new(LiveCluster {
+            inner: Mutex::new(Inner {
+                base: Arc::new(ClusterState::default()),
+                ledger: Ledger::new(ttl),
+                served: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while evaluating under the lock leaves the ledger consistent: it is only
+        // written after evaluation.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes a state freshly built from the watch caches: settles the reservations it
+    /// shows and serves it with the others added.
+    pub fn publish(&self, app: &AppState, base: ClusterState, now: Instant) {
+        let mut inner = self.lock();
+        inner.base = Arc::new(base);
+        let base = inner.base.clone();
+        log_expired(inner.ledger.settle(&base, now));
+        inner.serve(app);
+    }
+
+    /// Drops expired reservations (timer).
+    pub fn settle(&self, app: &AppState, now: Instant) {
+        let mut inner = self.lock();
+        if inner.ledger.next_expiry().is_none_or(|t| t > now) {
+            return;
+        }
+        let base = inner.base.clone();
+        log_expired(inner.ledger.settle(&base, now));
+        inner.serve(app);
+    }
+
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.lock().ledger.next_expiry()
+    }
+
+    /// Pending reservations, for /status and tests.
+    pub fn reservations(&self) -> usize {
+        self.lock().ledger.len()
+    }
+
+    /// Requests that reserve quota: Pod CREATEs at /validate, except server-side dry runs.
+    /// Jobs do not consume pod quota at admission; their pods do, each through here.
+    pub fn reserves(review: &ParsedReview, stage: Stage) -> bool {
+        stage == Stage::Validate
+            && review.group.is_empty()
+            && review.kind == "Pod"
+            && review.operation == "CREATE"
+            && review.sub_resource.is_empty()
+            && !review.dry_run
+    }
+
+    /// Decides a Pod CREATE with `evaluate` and, if it is allowed, reserves what the pod will
+    /// be charged against its namespace's quotas, in one step under the lock.
+    pub fn admit(
+        &self,
+        app: &AppState,
+        review: &ParsedReview,
+        evaluate: impl FnOnce(&Evaluator) -> Verdict,
+    ) -> Verdict {
+        let mut inner = self.lock();
+        // Most namespaces have no quota: skip converting the pod for them.
+        let charges = match inner.base.quotas.contains_key(&review.namespace) {
+            true => {
+                let pod = review.object_json().unwrap_or_default();
+                charges(&inner.base, &review.namespace, &pod)
+            }
+            false => Vec::new(),
+        };
+        if charges.is_empty() {
+            drop(inner);
+            return evaluate(&app.evaluator.load());
+        }
+        if !inner.is_served(app) {
+            inner.serve(app);
+        }
+        let verdict = evaluate(&app.evaluator.load());
+        if verdict.allowed {
+            tracing::debug!(namespace = %review.namespace, pod = %review.name, ?charges, "reserving quota");
+            let base = inner.base.clone();
+            inner.ledger.reserve(
+                &base,
+                &review.namespace,
+                &review.name,
+                charges,
+                Instant::now(),
+            );
+            inner.serve_namespace(app, &review.namespace);
+        }
+        verdict
+    }
+}
+
+fn log_expired(pods: Vec<String>) {
+    if !pods.is_empty() {
+        tracing::info!(
+            ?pods,
+            "quota reservations expired before the ResourceQuota status showed them (pods rejected after mlguard admitted them, or deleted meanwhile)"
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! Live cluster state: watch caches (kube reflectors) of ResourceQuotas (all namespaces),
+//! Nodes and Namespaces, turned into `data.mlguard.cluster` when they change.
+//!
+//! - Rebuilds are debounced: the first change starts a short window, and the state is rebuilt
+//!   once at its end however many events arrived, so a storm of node updates costs one
+//!   rebuild per window. A rebuild that yields the same state swaps nothing.
+//! - Rebuilds happen on this task, never on the request path, and are swapped in atomically
+//!   (through [`LiveCluster`], which adds the quota reservations of recently admitted pods).
+//! - Readiness waits for the first complete list of all three kinds.
+//! - When the API server becomes unreachable, the watchers retry with backoff while mlguard
+//!   keeps serving the last known state; it logs that, and the
+//!   `mlguard_cluster_state_age_seconds` gauge and the decision log say how old the state is.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{BoxStream, SelectAll};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::StreamBackoff;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch as signal;
+use tokio::task::JoinHandle;
+
+use super::live::LiveCluster;
+use super::ClusterState;
+use crate::server::AppState;
+
+/// Timings of the watch task. The defaults suit a cluster; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// How long after a change the state is rebuilt, collecting further changes meanwhile.
+    pub debounce: Duration,
+    /// First and longest wait before retrying a failed list or watch.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Server-side timeout of each watch call; a connection silent for longer (plus a few
+    /// seconds) is taken for dead and reopened.
+    pub watch_timeout_secs: u32,
+    /// How often reservations are expired and the state's freshness is recorded.
+    pub tick: Duration,
+    /// How often, while the API server is unreachable, a warning says how old the state is.
+    pub stale_warning_every: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            debounce: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(800),
+            backoff_max: Duration::from_secs(30),
+            watch_timeout_secs: 60,
+            tick: Duration::from_secs(1),
+            stale_warning_every: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    ResourceQuota,
+    Node,
+    Namespace,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::ResourceQuota => "resourcequotas",
+            Kind::Node => "nodes",
+            Kind::Namespace => "namespaces",
+        }
+    }
+}
+
+/// What one watcher event means to the rebuild loop.
+#[derive(Debug)]
+enum Signal {
+    /// A relist is in progress; the cache is swapped only when it completes.
+    Listing,
+    /// A complete list is in the cache.
+    Synced,
+    Changed,
+    Failed(String),
+}
+
+/// Exponential backoff without jitter beyond what the retry timing gives: mlguard runs a few
+/// replicas, not thousands of clients.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Why a watcher failed, with a hint for the one cause an admin must fix by hand.
+fn describe(error: &watcher::Error, kind: Kind) -> String {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    match status {
+        Some(403) => format!(
+            "{error} (forbidden: mlguard's ServiceAccount needs list and watch on {}; see manifests/common/rbac.yaml)",
+            kind.as_str()
+        ),
+        Some(410) => format!("{error} (watch expired; relisting)"),
+        _ => error.to_string(),
+    }
+}
+
+fn events<K>(
+    api: Api<K>,
+    kind: Kind,
+    writer: reflector::store::Writer<K>,
+    options: &WatchOptions,
+    strip: fn(&mut K),
+) -> BoxStream<'static, (Kind, Signal)>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().timeout(options.watch_timeout_secs);
+    let stream = watcher(api, config).modify(strip).reflect(writer);
+    let backoff = Backoff {
+        min: options.backoff_min,
+        max: options.backoff_max,
+        next: options.backoff_min,
+    };
+    StreamBackoff::new(stream, backoff)
+        .map(move |event| {
+            let signal = match event {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Signal::Listing,
+                Ok(watcher::Event::InitDone) => Signal::Synced,
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed,
+                Err(e) => Signal::Failed(describe(&e, kind)),
+            };
+            (kind, signal)
+        })
+        .boxed()
+}
+
+/// Fields the policies never read: dropped before caching to keep memory small on large
+/// clusters (node image lists and managed fields are most of a Node).
+fn strip_metadata<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+fn strip_node(node: &mut Node) {
+    strip_metadata(node);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.conditions = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+/// The cluster state from cached objects: the same model `--cluster-snapshot` files give.
+pub fn build_state(
+    quotas: &[Arc<ResourceQuota>],
+    nodes: &[Arc<Node>],
+    namespaces: &[Arc<Namespace>],
+) -> ClusterState {
+    let mut state = ClusterState::default();
+    for ns in namespaces {
+        state.add_namespace(ns);
+    }
+    for rq in quotas {
+        state.add_quota(rq);
+    }
+    for node in nodes {
+        state.add_node(node);
+    }
+    state
+}
+
+#[derive(Debug, Default)]
+struct KindHealth {
+    synced: bool,
+    failing_since: Option<Instant>,
+    error: String,
+}
+
+/// Per-kind sync and failure tracking, and the messages that go with state changes.
+#[derive(Debug, Default)]
+struct Health {
+    kinds: BTreeMap<Kind, KindHealth>,
+    last_stale_warning: Option<Instant>,
+}
+
+impl Health {
+    fn all_synced(&self) -> bool {
+        self.kinds.len() == 3 && self.kinds.values().all(|k| k.synced)
+    }
+
+    /// Since when the state may be stale: the oldest failure that has not recovered.
+    fn failing_since(&self) -> Option<Instant> {
+        self.kinds.values().filter_map(|k| k.failing_since).min()
+    }
+
+    /// Records a signal; true when it changed the cache.
+    fn record(&mut self, kind: Kind, signal: Signal, now: Instant) -> bool {
+        let entry = self.kinds.entry(kind).or_default();
+        let recovered = |entry: &mut KindHealth| {
+            if let Some(since) = entry.failing_since.take() {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    after_seconds = since.elapsed().as_secs(),
+                    "watch of {} recovered",
+                    kind.as_str()
+                );
+            }
+        };
+        match signal {
+            Signal::Listing => {
+                recovered(entry);
+                false
+            }
+            Signal::Synced => {
+                recovered(entry);
+                entry.synced = true;
+                true
+            }
+            Signal::Changed => {
+                recovered(entry);
+                true
+            }
+            Signal::Failed(error) => {
+                if entry.failing_since.is_none() {
+                    entry.failing_since = Some(now);
+                    tracing::warn!(
+                        kind = kind.as_str(),
+                        error,
+                        "cannot list or watch {}; retrying, and serving the last known cluster state meanwhile",
+                        kind.as_str()
+                    );
+                } else {
+                    tracing::debug!(kind = kind.as_str(), error, "watch still failing");
+                }
+                entry.error = error;
+                false
+            }
+        }
+    }
+
+    fn warn_if_stale(&mut self, app: &AppState, options: &WatchOptions, now: Instant) {
+        let Some(since) = self.failing_since() else {
+            self.last_stale_warning = None;
+            return;
+        };
+        if self
+            .last_stale_warning
+            .is_some_and(|t| now.duration_since(t) < options.stale_warning_every)
+        {
+            return;
+        }
+        self.last_stale_warning = Some(now);
+        let errors: Vec<String> = self
+            .kinds
+            .iter()
+            .filter(|(_, k)| k.failing_since.is_some())
+            .map(|(kind, k)| format!("{}: {}", kind.as_str(), k.error))
+            .collect();
+        tracing::warn!(
+            state_age_seconds = app.metrics.cluster_state_age().unwrap_or(0),
+            failing_for_seconds = now.duration_since(since).as_secs(),
+            ?errors,
+            synced = self.all_synced(),
+            "the API server is unreachable; admission decisions use the last known cluster state"
+        );
+    }
+}
+
+/// Turns on live cluster state for `app`: quota reservations for admitted pods (kept at most
+/// `reservation_ttl`) and the watch task. Returns the shared state, for tests and /status.
+pub fn start(
+    client: Client,
+    app: Arc<AppState>,
+    reservation_ttl: Duration,
+    options: WatchOptions,
+    stop: signal::Receiver<bool>,
+) -> Arc<LiveCluster> {
+    let live = app
+        .live
+        .get_or_init(|| LiveCluster::new(reservation_ttl))
+        .clone();
+    spawn(client, app, live.clone(), options, stop);
+    live
+}
+
+/// Watches quotas, nodes and namespaces with `client` and keeps `app`'s cluster state current
+/// until `stop` fires. `app.health.cluster_synced` turns true after the first full sync.
+pub fn spawn(
+    client: Client,
+    app: Arc<AppState>,
+    live: Arc<LiveCluster>,
+    options: WatchOptions,
+    mut stop: signal::Receiver<bool>,
+) -> JoinHandle<()> {
+    app.health.cluster_synced.store(false, Ordering::Relaxed);
+    let (quotas, quota_writer) = reflector::store::<ResourceQuota>();
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
+    let mut stream: SelectAll<BoxStream<'static, (Kind, Signal)>> = futures::stream::select_all([
+        events(
+            Api::all(client.clone()),
+            Kind::ResourceQuota,
+            quota_writer,
+            &options,
+            strip_metadata,
+        ),
+        events(
+            Api::all(client.clone()),
+            Kind::Node,
+            node_writer,
+            &options,
+            strip_node,
+        ),
+        events(
+            Api::all(client),
+            Kind::Namespace,
+            namespace_writer,
+            &options,
+            strip_metadata,
+        ),
+    ]);
+    tokio::spawn(async move {
+        let mut health = Health::default();
+        let mut dirty_since: Option<Instant> = None;
+        let mut problems: Vec<String> = Vec::new();
+        let mut next_tick = Instant::now() + options.tick;
+        loop {
+            let deadline = match dirty_since {
+                Some(t) if health.all_synced() => (t + options.debounce).min(next_tick),
+                _ => next_tick,
+            };
+            tokio::select! {
+                _ = stop.changed() => break,
+                item = stream.next() => match item {
+                    Some((kind, signal)) => {
+                        if health.record(kind, signal, Instant::now()) {
+                            dirty_since.get_or_insert_with(Instant::now);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            let now = Instant::now();
+            if let Some(t) = dirty_since {
+                if health.all_synced() && now >= t + options.debounce {
+                    dirty_since = None;
+                    rebuild(
+                        &app,
+                        &live,
+                        &quotas,
+                        &nodes,
+                        &namespaces,
+                        &mut problems,
+                        now,
+                    );
+                }
+            }
+            if now >= next_tick {
+                next_tick = now + options.tick;
+                live.settle(&app, now);
+                if health.all_synced() && health.failing_since().is_none() {
+                    app.metrics.cluster_state_updated(crate::tls::now());
+                }
+                health.warn_if_stale(&app, &options, now);
+            }
+        }
+        tracing::debug!("cluster watch stopped");
+    })
+}
+
+fn rebuild(
+    app: &AppState,
+    live: &LiveCluster,
+    quotas: &Store<ResourceQuota>,
+    nodes: &Store<Node>,
+    namespaces: &Store<Namespace>,
+    problems: &mut Vec<String>,
+    now: Instant,
+) {
+    let state = build_state(&quotas.state(), &nodes.state(), &namespaces.state());
+    if state.problems != *problems {
+        for problem in state.problems.iter().filter(|p| !problems.contains(p)) {
+            tracing::warn!(problem, "cluster state: object skipped in part");
+        }
+        problems.clone_from(&state.problems);
+    }
+    let counts = (
+        state.namespaces.len(),
+        state.quota_count(),
+        state.nodes.len(),
+    );
+    live.publish(app, state, now);
+    app.metrics.cluster_state_updated(crate::tls::now());
+    if !app.health.cluster_synced.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            namespaces = counts.0,
+            quotas = counts.1,
+            nodes = counts.2,
+            "live cluster state synced"
+        );
+    } else {
+        tracing::debug!(
+            namespaces = counts.0,
+            quotas = counts.1,
+            nodes = counts.2,
+            "live cluster state rebuilt"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(350),
+            next: Duration::from_millis(100),
+        };
+        let waits: Vec<u128> = (0..4).map(|_| b.next().unwrap().as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn health_waits_for_all_kinds_and_tracks_failures() {
+        let now = Instant::now();
+        let mut h = Health::default();
+        assert!(!h.record(Kind::Node, Signal::Listing, now));
+        assert!(h.record(Kind::Node, Signal::Synced, now));
+        assert!(h.record(Kind::Namespace, Signal::Synced, now));
+        assert!(!h.all_synced());
+        assert!(h.record(Kind::ResourceQuota, Signal::Synced, now));
+        assert!(h.all_synced());
+        assert!(!h.record(Kind::Node, Signal::Failed("connection refused".into()), now));
+        assert_eq!(h.failing_since(), Some(now));
+        assert!(h.record(Kind::Node, Signal::Changed, now));
+        assert_eq!(h.failing_since(), None);
+    }
+
+    #[test]
+    fn forbidden_names_the_rbac_rule() {
+        let status = kube::core::Status::failure("nodes is forbidden", "Forbidden").with_code(403);
+        let msg = describe(
+            &watcher::Error::InitialListFailed(kube::Error::Api(status.boxed())),
+            Kind::Node,
+        );
+        assert!(msg.contains("list and watch on nodes"), "{msg}");
+    }
+
+    #[test]
+    fn build_state_matches_the_snapshot_model() {
+        let rq: ResourceQuota = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "gpu", "namespace": "ml"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "8"}},
+            "status": {"used": {"requests.nvidia.com/gpu": "3"}}
+        }))
+        .unwrap();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "gpu-1"},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}, "images": [{"names": ["x"]}]}
+        }))
+        .unwrap();
+        let mut stripped = node.clone();
+        strip_node(&mut stripped);
+        assert!(stripped.status.as_ref().unwrap().images.is_none());
+        let s = build_state(&[Arc::new(rq)], &[Arc::new(stripped)], &[]);
+        let j = s.to_json();
+        assert_eq!(
+            j["quotas"]["ml"][0]["remaining"]["requests.nvidia.com/gpu"],
+            5
+        );
+        assert_eq!(j["largest_allocatable"]["nvidia.com/gpu"], 8);
+    }
+}

@@ -1,0 +1,298 @@
+//! The `mlguard` binary as users run it: `test`, `certs`, `serve` start-up failures and a
+//! SIGTERM shutdown.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn mlguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlguard"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A copy of the default policies in a temporary directory, plus `extra` files.
+fn policy_dir(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    for (name, body) in extra {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn mlguard_test_runs_the_default_cases() {
+    let out = mlguard(&["test", repo().join("tests/cases").to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let summary = t.lines().last().unwrap();
+    let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        passed >= 40 && summary.ends_with(" passed, 0 failed"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn the_worked_example_from_the_policy_readme_works() {
+    let example = repo().join("tests/fixtures/team-label");
+    let rego = std::fs::read_to_string(example.join("team_label.rego")).unwrap();
+    let config = std::fs::read_to_string(example.join("team_label.yaml")).unwrap();
+    let dir = policy_dir(&[("team_label.rego", &rego), ("team_label.yaml", &config)]);
+    let out = mlguard(&[
+        "test",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        example.join("cases").to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let passed_cases = t
+        .lines()
+        .filter(|l| l.starts_with("ok    ") && l.contains("team_label.yaml / "))
+        .count();
+    assert_eq!(passed_cases, 3, "{t}");
+    assert!(t.trim_end().ends_with(" passed, 0 failed"), "{t}");
+}
+
+#[test]
+fn a_failing_case_fails_the_run_and_says_why() {
+    let cases = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cases.path().join("wrong.yaml"),
+        r#"cases:
+- name: expects a denial that does not come
+  object: {apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: c, image: i}]}}
+  expect: {unchanged: true, deny: ["nope"]}
+"#,
+    )
+    .unwrap();
+    let out = mlguard(&["test", cases.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#"expected a denial containing "nope""#),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).trim_end().ends_with(" passed, 1 failed"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `serve` with a policy directory that cannot load: exit status 2 and a message naming the
+/// problem, before anything listens.
+fn serve_refuses(extra: &[(&str, &str)]) -> String {
+    let dir = policy_dir(extra);
+    let certs = tempfile::tempdir().unwrap();
+    let out = mlguard(&[
+        "serve",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--dev-certs-dir",
+        certs.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--probe-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    text(&out)
+}
+
+#[test]
+fn serve_refuses_a_policy_that_does_not_compile_naming_file_and_line() {
+    let t = serve_refuses(&[(
+        "broken.rego",
+        "package mlguard.policies.broken\n\nimport rego.v1\n\ndeny contains msg if {\n  msg := \n}\n",
+    )]);
+    assert!(
+        t.contains("broken.rego:6:7") && t.contains("policies not loaded"),
+        "{t}"
+    );
+}
+
+#[test]
+fn serve_refuses_http_send() {
+    let t = serve_refuses(&[(
+        "net.rego",
+        "package mlguard.policies.net\n\nimport rego.v1\n\ndeny contains r.body if {\n  r := http.send({\"method\": \"GET\", \"url\": \"http://x\"})\n}\n",
+    )]);
+    assert!(
+        t.contains("net.rego:6") && t.contains("http.send makes network calls"),
+        "{t}"
+    );
+}
+
+#[test]
+fn serve_refuses_output_of_the_wrong_shape() {
+    let t = serve_refuses(&[(
+        "shape.rego",
+        "package mlguard.policies.shape\n\nimport rego.v1\n\ndeny contains 42 if true\n",
+    )]);
+    assert!(
+        t.contains("policy shape: `deny`") && t.contains("string `msg`"),
+        "{t}"
+    );
+}
+
+#[test]
+fn serve_refuses_settings_for_a_policy_that_does_not_exist() {
+    let t = serve_refuses(&[("typo.yaml", "policies:\n  gpu_limit: {action: warn}\n")]);
+    assert!(
+        t.contains("gpu_limit") && t.contains("known policies"),
+        "{t}"
+    );
+}
+
+#[test]
+fn certs_writes_a_ca_and_a_serving_certificate_for_the_service() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = mlguard(&[
+        "certs",
+        "--service",
+        "guard",
+        "--namespace",
+        "ops",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let read = |n: &str| std::fs::read_to_string(out_dir.path().join(n)).unwrap();
+    let info = mlguard::tls::inspect_pem(&read("tls.crt"), &read("tls.key")).unwrap();
+    assert_eq!(
+        info.dns_names,
+        [
+            "guard",
+            "guard.ops",
+            "guard.ops.svc",
+            "guard.ops.svc.cluster.local"
+        ]
+    );
+    assert!(read("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out_dir.path().join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(text(&out).contains("caBundle"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_sigterm() {
+    let work = tempfile::tempdir().unwrap();
+    let (webhook, probe) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_mlguard"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{webhook}")])
+        .args(["--probe-listen", &format!("127.0.0.1:{probe}")])
+        .current_dir(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("readiness", || {
+        get(probe, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    assert!(Path::new(&work.path().join("certs/tls.crt")).exists());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("caBundle") && stdout.contains("LS0tLS1CRUdJTi"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shutdown requested") && stderr.contains("mlguard stopped"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn mlguard_test_without_cases_runs_the_rego_unit_tests() {
+    let out = mlguard(&["test"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("ok    lib_workload_test.rego / test_demand_takes_the_largest_init_container"),
+        "{t}"
+    );
+    assert!(
+        t.lines().last().unwrap().ends_with(" passed, 0 failed"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_failing_rego_unit_test_fails_the_run() {
+    let dir = policy_dir(&[(
+        "extra_test.rego",
+        "package extra_test\n\nimport rego.v1\n\ntest_arithmetic if 1 + 1 == 3\n",
+    )]);
+    let out = mlguard(&["test", "--policies", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAIL  extra_test.rego / test_arithmetic"),
+        "{}",
+        text(&out)
+    );
+}
