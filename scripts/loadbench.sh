@@ -127,7 +127,7 @@ def read(path, le):
     b = t = 0.0
     for line in open(path):
         if not line.startswith("mlguard_admission_request_duration_seconds_bucket"): continue
-        m = re.search(r"le=\"([^\"]+)\"\} (\S+)", line)
+        m = re.search(r"le=\"([^\"]+)\".*\} (\S+)", line)
         if not m: continue
         if m.group(1) == "+Inf": t += float(m.group(2))
         elif float(m.group(1)) == float(le): b += float(m.group(2))

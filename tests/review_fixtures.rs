@@ -106,3 +106,36 @@ fn outcomes_under_the_benchmark_policies() {
         "unlabelled GPU pod is warned: {warnings:?}"
     );
 }
+
+#[test]
+fn outcomes_under_the_default_policies() {
+    let e = evaluator(Origin::Embedded);
+    use Stage::{Mutate, Validate};
+    // (file, stage, allowed, patched): the default set's exact operations are its own golden
+    // cases' business; here only the kind of answer each fixture stands for.
+    let expected = [
+        ("pod-small.json", Mutate, true, false),
+        ("pod-small.json", Validate, true, false),
+        ("pod-gpu-job.json", Mutate, true, true),
+        ("pod-gpu-job.json", Validate, true, false),
+        ("pod-large.json", Mutate, true, true),
+        ("pod-large.json", Validate, true, false),
+        ("pod-gpu-no-limit.json", Mutate, true, true),
+        ("pod-gpu-no-limit.json", Validate, false, false),
+        ("job-create.json", Mutate, true, true),
+        ("job-create.json", Validate, false, false),
+        ("pod-update.json", Mutate, true, false),
+        ("pod-update.json", Validate, true, false),
+        ("deployment.json", Mutate, true, false),
+        ("deployment.json", Validate, true, false),
+    ];
+    for (file, stage, allowed, patched) in expected {
+        let (a, ops, _) = outcome(&e, file, stage);
+        assert_eq!(
+            (a, ops > 0),
+            (allowed, patched),
+            "{file} at {}",
+            stage.as_str()
+        );
+    }
+}
