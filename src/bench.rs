@@ -7,7 +7,7 @@
 //! Then every policy is timed alone on the same reviews.
 
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -342,41 +342,14 @@ fn memory_kib() -> (Option<u64>, Option<u64>) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Json>, String> {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            for e in walkdir::WalkDir::new(p).sort_by_file_name().into_iter() {
-                let e = e.map_err(|e| format!("{}: {e}", p.display()))?;
-                let name = e.file_name().to_string_lossy().to_string();
-                if e.file_type().is_file()
-                    && [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x))
-                {
-                    files.push(e.into_path());
-                }
-            }
-        } else {
-            files.push(p.clone());
-        }
-    }
-    let mut objects = Vec::new();
-    for file in files {
-        let text = if file == Path::new("-") {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(&file)
-        }
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-        objects.extend(
-            snapshot::parse_objects(&text).map_err(|e| format!("{}: {e}", file.display()))?,
-        );
-    }
-    Ok(objects)
-}
-
 /// The reviews for manifests or AdmissionReview files under `paths`.
 pub fn read_reviews(paths: &[PathBuf], namespace: &str) -> Result<Vec<Review>, String> {
-    let objects = read_manifests(paths)?;
+    // The same reader as `mlguard audit`: directories walked, `-` for standard input.
+    let objects: Vec<Json> = crate::audit::input::read(paths)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(_, object)| object)
+        .collect();
     if objects.is_empty() {
         return Err(format!("no Kubernetes objects in {paths:?}"));
     }
