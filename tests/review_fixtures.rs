@@ -139,3 +139,35 @@ fn outcomes_under_the_default_policies() {
         );
     }
 }
+
+/// On the VM the policies of a stage run together in one VM run; the outputs must be exactly
+/// those of each policy run on its own.
+#[test]
+fn combined_evaluation_equals_policy_by_policy() {
+    for origin in [
+        Origin::Embedded,
+        Origin::Directory(root().join("benches/policies")),
+    ] {
+        let e = evaluator(origin);
+        assert_eq!(e.set.backend, Backend::Vm);
+        for entry in std::fs::read_dir(root().join("tests/fixtures/reviews")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let parsed = mlguard::admission::parse(&std::fs::read(&path).unwrap()).unwrap();
+            for stage in [Stage::Mutate, Stage::Validate] {
+                let together = e.evaluate(&parsed.request, stage);
+                let apart: Vec<_> = e
+                    .set
+                    .policies
+                    .iter()
+                    .filter(|p| p.settings.applies_to(&parsed.operation))
+                    .filter_map(|p| e.evaluate_policy(&parsed.request, stage, &p.name))
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                assert_eq!(together, apart, "{} at {}", path.display(), stage.as_str());
+            }
+        }
+    }
+}

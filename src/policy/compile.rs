@@ -9,6 +9,7 @@ use regorus::rvm::program::Program;
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
+use super::eval::Stage;
 use super::settings::{build_config, policy_settings, PolicySettings};
 use super::source::{FileKind, Origin, SourceFile};
 use super::{lint, PolicyError};
@@ -269,10 +270,67 @@ pub(crate) fn insert(object: &mut Value, key: &str, value: Value) {
     }
 }
 
+/// Package of the generated rules that evaluate a stage's policies in one VM run.
+const COMBINED_PACKAGE: &str = "mlguard.internal.combined";
+const OPERATIONS: [&str; 2] = ["CREATE", "UPDATE"];
+
+/// Whether a policy can share a VM run with others: `input.parameters` is per policy, so only
+/// policies without parameters (which see `{}` either way) are combined.
+pub(crate) fn combinable(policy: &Policy) -> bool {
+    policy.parameters.as_object().is_ok_and(|o| o.is_empty())
+}
+
+/// The entry point that evaluates, in one VM run, every combinable policy that applies to
+/// `operation` at `stage`. Its value maps each policy name to its rules' values.
+pub(crate) fn combined_entry_point(stage: Stage, operation: &str) -> String {
+    format!(
+        "data.{COMBINED_PACKAGE}.{}_{}",
+        stage.as_str(),
+        operation.to_ascii_lowercase()
+    )
+}
+
+/// The Rego of the combined rules. A VM run starts with an empty rule cache, so evaluating
+/// each policy as its own entry point computes the helpers they share (the pod's containers,
+/// its GPU resources) once per policy; one rule referring to all of them computes them once.
+fn combined_module(policies: &[Policy]) -> String {
+    let mut text = format!("package {COMBINED_PACKAGE}\n\nimport rego.v1\n");
+    for operation in OPERATIONS {
+        for stage in [Stage::Mutate, Stage::Validate] {
+            let fields: Vec<String> = policies
+                .iter()
+                .filter(|p| combinable(p) && p.settings.applies_to(operation))
+                .filter_map(|p| {
+                    let rules: Vec<String> = stage
+                        .rules()
+                        .iter()
+                        .filter(|r| p.rules.contains(r))
+                        .map(|r| format!("{:?}: {}", r.as_str(), p.entry_point(*r)))
+                        .collect();
+                    (!rules.is_empty()).then(|| format!("{:?}: {{{}}}", p.name, rules.join(", ")))
+                })
+                .collect();
+            let name = combined_entry_point(stage, operation);
+            let rule = name.rsplit('.').next().unwrap_or_default();
+            text += &format!("\n{rule} := {{\n\t{}\n}}\n", fields.join(",\n\t"));
+        }
+    }
+    text
+}
+
 fn compile_vm(engine: &mut Engine, policies: &[Policy]) -> Result<Arc<Program>, String> {
+    engine
+        .add_policy(
+            format!("<{COMBINED_PACKAGE}>.rego"),
+            combined_module(policies),
+        )
+        .map_err(|e| format!("combined entry points: {e:#}"))?;
     let entry_points: Vec<String> = policies
         .iter()
         .flat_map(|p| p.rules.iter().map(|r| p.entry_point(*r)))
+        .chain(OPERATIONS.iter().flat_map(|op| {
+            [Stage::Mutate, Stage::Validate].map(|stage| combined_entry_point(stage, op))
+        }))
         .collect();
     let first: regorus::Rc<str> = entry_points[0].as_str().into();
     let compiled = engine

@@ -13,7 +13,9 @@ use regorus::{Engine, Value};
 
 use crate::cluster::ClusterState;
 
-use super::compile::{insert, Backend, Policy, PolicySet, RuleKind};
+use super::compile::{
+    combinable, combined_entry_point, insert, Backend, Policy, PolicySet, RuleKind,
+};
 use super::PolicyError;
 
 /// Which webhook is asking: mutation runs `patch` rules, validation runs `deny` and `warn`.
@@ -24,7 +26,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn rules(self) -> &'static [RuleKind] {
+    pub(crate) fn rules(self) -> &'static [RuleKind] {
         match self {
             Stage::Mutate => &[RuleKind::Patch],
             Stage::Validate => &[RuleKind::Deny, RuleKind::Warn],
@@ -178,13 +180,35 @@ impl Evaluator {
             .unwrap_or("");
         let mut input = Value::new_object();
         insert(&mut input, "review", review.clone());
+        let combined = self.run_combined(&mut input, stage, operation);
         self.set
             .policies
             .iter()
             .filter(|policy| policy.settings.applies_to(operation))
-            .map(|policy| self.run_policy(policy, &mut input, stage))
+            .map(
+                |policy| match combined.as_ref().filter(|_| combinable(policy)) {
+                    Some(values) => self.policy_output(policy, stage, |rule| {
+                        Ok(values[policy.name.as_str()][rule.as_str()].clone())
+                    }),
+                    None => self.run_policy(policy, &mut input, stage),
+                },
+            )
             .filter(|out| !out.is_empty())
             .collect()
+    }
+
+    /// On the VM, the values of every combinable policy's rules for `stage` from one run (see
+    /// `compile::combined_module`). `None` on the interpreter, or when the run fails: the
+    /// policies then run one by one, so that an error names the policy it comes from.
+    fn run_combined(&self, input: &mut Value, stage: Stage, operation: &str) -> Option<Value> {
+        if self.engine.is_some() || !matches!(operation, "CREATE" | "UPDATE") {
+            return None;
+        }
+        insert(input, "parameters", Value::new_object());
+        // Undefined when any policy's rule is (a complete rule with no value): run them apart.
+        self.run(&combined_entry_point(stage, operation), input)
+            .ok()
+            .filter(|v| matches!(v, Value::Object(_)))
     }
 
     /// The output of one policy's rules for `stage`, whether or not the policy applies to the
@@ -204,6 +228,18 @@ impl Evaluator {
 
     fn run_policy(&self, policy: &Policy, input: &mut Value, stage: Stage) -> PolicyOutput {
         insert(input, "parameters", policy.parameters.clone());
+        self.policy_output(policy, stage, |rule| {
+            self.run(&policy.entry_point(rule), input)
+        })
+    }
+
+    /// A policy's output for `stage`, from `value_of` each of its rules.
+    fn policy_output(
+        &self,
+        policy: &Policy,
+        stage: Stage,
+        mut value_of: impl FnMut(RuleKind) -> Result<Value, String>,
+    ) -> PolicyOutput {
         let mut out = PolicyOutput {
             policy: policy.name.clone(),
             ..Default::default()
@@ -212,13 +248,11 @@ impl Evaluator {
             if !policy.rules.contains(rule) {
                 continue;
             }
-            let result = self
-                .run(&policy.entry_point(*rule), input)
-                .and_then(|value| match rule {
-                    RuleKind::Deny => messages(&value).map(|m| out.deny = m),
-                    RuleKind::Warn => messages(&value).map(|m| out.warn = m),
-                    RuleKind::Patch => patch_ops(&value).map(|p| out.patch = p),
-                });
+            let result = value_of(*rule).and_then(|value| match rule {
+                RuleKind::Deny => messages(&value).map(|m| out.deny = m),
+                RuleKind::Warn => messages(&value).map(|m| out.warn = m),
+                RuleKind::Patch => patch_ops(&value).map(|p| out.patch = p),
+            });
             if let Err(message) = result {
                 out.error = Some(EvalError {
                     policy: policy.name.clone(),
