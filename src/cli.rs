@@ -155,16 +155,24 @@ pub enum OutputFormat {
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Manifest files or directories (walked recursively); `-` reads standard input.
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename", required_unless_present = "cluster")]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// Cluster state file(s), as for `serve`.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "cluster")]
     pub cluster_snapshot: Vec<PathBuf>,
-    /// Namespace for objects that do not name one.
-    #[arg(long, default_value = "default")]
-    pub namespace: String,
+    /// Read the cluster state (quotas, nodes, namespaces) from the API server. Without -f,
+    /// audit the Pods and Jobs that run in the cluster (of --namespace, or all namespaces).
+    #[arg(long)]
+    pub cluster: bool,
+    /// kubeconfig for --cluster [default: in-cluster, $KUBECONFIG or ~/.kube/config].
+    #[arg(long, requires = "cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace for manifests that do not name one [default: default]; with --cluster and
+    /// no -f, the only namespace whose Pods and Jobs are audited.
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Report format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

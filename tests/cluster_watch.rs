@@ -968,3 +968,74 @@ fn measure_reservation_and_rebuild_costs() {
         nodes = nodes.len(),
     );
 }
+
+/// `mlguard audit --cluster` as a user runs it: the binary reads the fake API server through a
+/// kubeconfig and audits the running Pods and Jobs with the default policies. A running pod is
+/// not found to exceed a quota it is itself counted in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_cluster_audits_the_running_workloads() {
+    let gpu_pod = |name: &str, gpus: u32, limits: bool| {
+        let resources = if limits {
+            json!({"limits": {"nvidia.com/gpu": gpus.to_string(), "memory": "8Gi"},
+                   "requests": {"nvidia.com/gpu": gpus.to_string()}})
+        } else {
+            json!({"requests": {"nvidia.com/gpu": gpus.to_string()}})
+        };
+        json!({"metadata": {"name": name, "namespace": "ml"},
+               "spec": {"containers": [{"name": "trainer", "image": "x", "resources": resources}],
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+               "status": {"phase": "Running"}})
+    };
+    let objects = vec![
+        ("namespaces", namespace("ml")),
+        ("nodes", node("gpu-1", 8)),
+        // 4 of the 6 used GPUs are the running pod `big`.
+        ("resourcequotas", quota(8, 6)),
+        ("pods", gpu_pod("big", 4, true)),
+        ("pods", gpu_pod("no-limit", 2, false)),
+        (
+            "jobs",
+            json!({"metadata": {"name": "sweep", "namespace": "ml"},
+                   "spec": {"ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 600,
+                            "template": {"spec": {"restartPolicy": "Never",
+                                "containers": [{"name": "c", "image": "x"}]}}},
+                   "status": {}}),
+        ),
+    ];
+    let server = start_fake(objects).await;
+    server.open();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), server.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mlguard"))
+            .args(["audit", "--cluster", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--output", "json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Json = serde_json::from_str(&stdout).unwrap();
+    let status_of = |name: &str| {
+        report["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .map(|o| o["status"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{name} not in {report}"))
+    };
+    assert_eq!(status_of("no-limit"), "denied");
+    // 6 used, 2 left; `big` asks for 4 but holds 4 of the 6 itself.
+    assert_ne!(status_of("big"), "denied", "{report}");
+    assert_eq!(status_of("sweep"), "clean", "{report}");
+    assert_eq!(report["objects"].as_array().unwrap().len(), 3);
+}

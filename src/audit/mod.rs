@@ -226,6 +226,27 @@ fn admit(
     })
 }
 
+/// For a Pod that already runs: an evaluator whose quota figures no longer count the pod's
+/// own charges, so that it is not found to exceed a quota it is itself part of.
+fn credited(
+    evaluator: &Evaluator,
+    object: &Json,
+    namespace: &str,
+) -> Result<Option<Evaluator>, String> {
+    if object["kind"] != "Pod" {
+        return Ok(None);
+    }
+    let charges = crate::cluster::ledger::charges(&evaluator.cluster, namespace, object);
+    if charges.is_empty() {
+        return Ok(None);
+    }
+    let state = crate::cluster::ledger::credit(&evaluator.cluster, namespace, &charges);
+    evaluator
+        .with_namespace_quotas(Arc::new(state), namespace)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 /// Everything the API server admits for one manifest object. A Job's pods are made from the
 /// Job as it is stored, after mutation.
 fn admissions(
@@ -237,6 +258,15 @@ fn admissions(
     let ns = id.namespace.as_str();
     match plan {
         Plan::Pod(pod) | Plan::Template(pod) => Ok(vec![admit(evaluator, pod, ns, mode)?]),
+        Plan::Running(object) => {
+            let credited = credited(evaluator, object, ns)?;
+            Ok(vec![admit(
+                credited.as_ref().unwrap_or(evaluator),
+                object,
+                ns,
+                mode,
+            )?])
+        }
         Plan::Job(job) => {
             let first = admit(evaluator, job, ns, mode)?;
             let stored = first.patched.as_ref().unwrap_or(job);
@@ -310,7 +340,6 @@ pub fn audit_all(
     threads: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Report {
-    let total = documents.len();
     let work: Vec<(Source, Manifest)> = documents
         .into_iter()
         .map(|(s, d)| {
@@ -323,6 +352,41 @@ pub fn audit_all(
             (s, m)
         })
         .collect();
+    audit_manifests(evaluator, work, mode, threads, progress)
+}
+
+/// Audits the Pods and Jobs already in the cluster (from [`crate::cluster::list`]), each as
+/// if it were created again next to everything else that runs: a Pod's own quota charges are
+/// credited back, and a Job is admitted alone (its pods are listed and audited themselves).
+pub fn audit_running(
+    evaluator: &Evaluator,
+    objects: Vec<Json>,
+    mode: Mode,
+    threads: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Report {
+    let work = objects
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let source = Source {
+                file: "cluster".into(),
+                index: i + 1,
+            };
+            (source, objects::running(o))
+        })
+        .collect();
+    audit_manifests(evaluator, work, mode, threads, progress)
+}
+
+fn audit_manifests(
+    evaluator: &Evaluator,
+    work: Vec<(Source, Manifest)>,
+    mode: Mode,
+    threads: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Report {
+    let total = work.len();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let threads = threads.clamp(1, total.max(1));
@@ -381,13 +445,28 @@ fn show_progress(done: usize, total: usize) {
     let _ = err.flush();
 }
 
+/// How long `--cluster` may take to read the cluster.
+const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
     let documents = input::read(&args.files).map_err(|e| e.to_string())?;
     let (origin, backend) = crate::config::policy_origin(&args.policy);
     let set = PolicySet::load(origin, backend).map_err(|e| format!("policies: {e}"))?;
-    let cluster = snapshot::load(&args.cluster_snapshot).map_err(|e| e.to_string())?;
+    let audit_running_workloads = args.cluster && args.files.is_empty();
+    let (cluster, running) = if args.cluster {
+        crate::cluster::list::read_blocking(
+            args.kubeconfig.as_deref(),
+            args.namespace.as_deref(),
+            audit_running_workloads,
+            CLUSTER_READ_TIMEOUT,
+        )
+        .map_err(|e| format!("reading the cluster: {e}"))?
+    } else {
+        let state = snapshot::load(&args.cluster_snapshot).map_err(|e| e.to_string())?;
+        (state, Vec::new())
+    };
     for problem in &cluster.problems {
-        eprintln!("mlguard audit: cluster snapshot: {problem}");
+        eprintln!("mlguard audit: cluster state: {problem}");
     }
     let evaluator = Evaluator::new(set, Arc::new(cluster)).map_err(|e| e.to_string())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -396,13 +475,13 @@ fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
     } else {
         &|_, _| {}
     };
+    let mode = args.mode.into();
+    if audit_running_workloads {
+        return Ok(audit_running(&evaluator, running, mode, threads, progress));
+    }
+    let namespace = args.namespace.as_deref().unwrap_or("default");
     Ok(audit_all(
-        &evaluator,
-        documents,
-        &args.namespace,
-        args.mode.into(),
-        threads,
-        progress,
+        &evaluator, documents, namespace, mode, threads, progress,
     ))
 }
 

@@ -39,6 +39,8 @@ pub enum Plan {
     Job(Json),
     /// The pod a workload's controller creates from its template.
     Template(Json),
+    /// A Pod or Job already in the cluster, admitted alone as if it were created again.
+    Running(Json),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -379,6 +381,20 @@ pub fn pod_of_job(job: &Json) -> Option<Json> {
         pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] = json!("0");
     }
     Some(pod)
+}
+
+/// A Pod or Job read from the cluster (see [`Plan::Running`]).
+pub fn running(object: Json) -> Manifest {
+    let id = Identity {
+        api_version: text(&object, "/apiVersion").to_string(),
+        kind: text(&object, "/kind").to_string(),
+        namespace: text(&object, "/metadata/namespace").to_string(),
+        name: display_name(&object),
+    };
+    Manifest::Audit {
+        id,
+        plan: Plan::Running(object),
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,24 @@ pub struct Ledger {
     entries: Vec<Reservation>,
 }
 
+/// `state` with `charges` taken back out of the `used` figures of `namespace`'s quotas (never
+/// below zero): how the quotas look to a pod that is already counted in them.
+pub fn credit(state: &ClusterState, namespace: &str, charges: &[Charge]) -> ClusterState {
+    let mut out = state.clone();
+    if let Some(quotas) = out.quotas.get_mut(namespace) {
+        let mut list = quotas.to_vec();
+        for charge in charges {
+            if let Some(q) = list.iter_mut().find(|q| q.name == charge.quota) {
+                if let Some(used) = q.used.get_mut(&charge.key) {
+                    *used = (*used - charge.amount).max(0.0);
+                }
+            }
+        }
+        *quotas = Arc::new(list);
+    }
+    out
+}
+
 /// The charges of `pod` against the quotas of `namespace` whose scopes select it.
 pub fn charges(state: &ClusterState, namespace: &str, pod: &Json) -> Vec<Charge> {
     let mut out = Vec::new();

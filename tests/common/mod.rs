@@ -62,6 +62,13 @@ impl TestServer {
     pub async fn spawn(args: &[&str]) -> TestServer {
         let mut full = vec!["mlguard", "serve"];
         full.extend_from_slice(args);
+        // Tests that run inside a pod must not watch the cluster they run in.
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--cluster-state") || a.starts_with("--kubeconfig"))
+        {
+            full.extend(["--cluster-state", "none"]);
+        }
         let Command::Serve(serve) = Cli::try_parse_from(full).unwrap().command else {
             unreachable!()
         };

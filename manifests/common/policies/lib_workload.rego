@@ -66,14 +66,12 @@ gpu_resources(c) := {r | some r, _ in requests(c); is_gpu(r)} | {r | some r, _ i
 
 is_gpu_container(c) if count(gpu_resources(c)) > 0
 
-# Every container and init container, with where it sits, for messages and patch paths.
-containers contains {"field": "containers", "index": i, "container": c} if {
-	some i, c in pod_spec.containers
-}
-
-containers contains {"field": "initContainers", "index": i, "container": c} if {
-	some i, c in pod_spec.initContainers
-}
+# Every container and init container, with where it sits, for messages and patch paths. An
+# array, not a set: a set would compare whole containers on every insert.
+containers := array.concat(
+	[{"field": "containers", "index": i, "container": c} | some i, c in object.get(pod_spec, "containers", [])],
+	[{"field": "initContainers", "index": i, "container": c} | some i, c in object.get(pod_spec, "initContainers", [])],
+)
 
 describe(entry) := sprintf("container %q", [entry.container.name]) if entry.field == "containers"
 
