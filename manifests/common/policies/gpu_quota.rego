@@ -22,9 +22,91 @@ counted(key) := {"resource": key, "field": "requests"} if {
 	not startswith(key, "limits.")
 }
 
+# A scoped quota (spec.scopes, spec.scopeSelector) counts only the pods every scope selects,
+# as Kubernetes' quota plugin does.
+applies(q) if not q.scopes
+
+applies(q) if {
+	q.scopes
+	count([term | some term in q.scopes; not selects(term)]) == 0
+}
+
+spec := workload.pod_spec
+
+priority_class := object.get(spec, "priorityClassName", "")
+
+terminating if spec.activeDeadlineSeconds >= 0
+
+best_effort if {
+	count([c |
+		some entry in workload.containers
+		c := entry.container
+		some field in ["requests", "limits"]
+		some r, _ in object.get(c, ["resources", field], {})
+		r in {"cpu", "memory"}
+	]) == 0
+}
+
+cross_namespace_affinity if {
+	some kind in ["podAffinity", "podAntiAffinity"]
+	some term in array.concat(
+		object.get(spec, ["affinity", kind, "requiredDuringSchedulingIgnoredDuringExecution"], []),
+		[w.podAffinityTerm | some w in object.get(spec, ["affinity", kind, "preferredDuringSchedulingIgnoredDuringExecution"], [])],
+	)
+	cross_namespace_term(term)
+}
+
+cross_namespace_term(term) if count(object.get(term, "namespaces", [])) > 0
+
+cross_namespace_term(term) if is_object(term.namespaceSelector)
+
+selects(term) if {
+	term.scopeName == "Terminating"
+	terminating
+}
+
+selects(term) if {
+	term.scopeName == "NotTerminating"
+	not terminating
+}
+
+selects(term) if {
+	term.scopeName == "BestEffort"
+	best_effort
+}
+
+selects(term) if {
+	term.scopeName == "NotBestEffort"
+	not best_effort
+}
+
+selects(term) if {
+	term.scopeName == "CrossNamespacePodAffinity"
+	cross_namespace_affinity
+}
+
+selects(term) if {
+	term.scopeName == "PriorityClass"
+	term.operator == "Exists"
+	priority_class != ""
+}
+
+selects(term) if {
+	term.scopeName == "PriorityClass"
+	term.operator == "In"
+	priority_class in term.values
+}
+
+selects(term) if {
+	term.scopeName == "PriorityClass"
+	term.operator == "NotIn"
+	not priority_class in term.values
+}
+
 # One entry per GPU quota key the workload counts against.
 charges contains {"quota": q, "key": key, "resource": c.resource, "per_pod": per_pod} if {
 	some q in quotas
+	applies(q)
 	some key, _ in q.hard
 	c := counted(key)
 	workload.is_gpu(c.resource)
