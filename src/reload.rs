@@ -124,25 +124,20 @@ pub fn spawn_policy_reloader(
         tokio::task::spawn_blocking(move || {
             let loaded = PolicySet::compile(files, Origin::Directory(dir.clone()), backend)
                 .and_then(|set| state.swap_policies(set));
+            let ok = loaded.is_ok();
+            state
+                .metrics
+                .policy_reloads
+                .get_or_create(&result(ok))
+                .inc();
+            state.metrics.policy_last_reload_success.set(i64::from(ok));
+            *state.health.policy_error.write().expect("lock") =
+                loaded.as_ref().err().map(ToString::to_string);
             match loaded {
                 Ok(()) => {
-                    state
-                        .metrics
-                        .policy_reloads
-                        .get_or_create(&result(true))
-                        .inc();
-                    state.metrics.policy_last_reload_success.set(1);
-                    *state.health.policy_error.write().expect("lock") = None;
                     tracing::info!(dir = %dir.display(), generation = state.generation.load(Ordering::Relaxed), "policies reloaded");
                 }
                 Err(e) => {
-                    state
-                        .metrics
-                        .policy_reloads
-                        .get_or_create(&result(false))
-                        .inc();
-                    state.metrics.policy_last_reload_success.set(0);
-                    *state.health.policy_error.write().expect("lock") = Some(e.to_string());
                     tracing::error!(dir = %dir.display(), error = %e,
                         "policy reload failed; still serving the last good policy set");
                 }
