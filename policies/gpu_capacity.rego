@@ -1,8 +1,8 @@
 # A pod that asks for more of a GPU resource than any schedulable node offers stays Pending
 # forever. Checked against the nodes in data.mlguard.cluster; skipped when no nodes are known.
 # With the product annotation, only nodes of the requested GPU models count. Node shapes a
-# cluster autoscaler can add, which do not exist yet, are listed in the parameter
-# `autoscaler_node_shapes` ({labels, allocatable} each) and count as nodes.
+# cluster autoscaler can add, which do not exist yet, are listed in
+# data.mlguard.config.gpu.autoscaler_node_shapes ({labels, allocatable} each) and count as nodes.
 package mlguard.policies.gpu_capacity
 
 import data.mlguard.lib.workload
@@ -15,7 +15,7 @@ products := {trim_space(p) |
 	trim_space(p) != ""
 }
 
-shapes := object.get(input.parameters, "autoscaler_node_shapes", [])
+shapes := object.get(workload.gpu_config, "autoscaler_node_shapes", [])
 
 # The most of resource r any one node offers, among the nodes the pod may use.
 largest(r) := max({object.get(cluster.largest_allocatable, r, 0), shape_largest(r)}) if count(products) == 0

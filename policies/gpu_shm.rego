@@ -6,9 +6,9 @@ package mlguard.policies.gpu_shm
 import data.mlguard.lib.workload
 import rego.v1
 
-volume_name := object.get(input.parameters, "volume_name", "mlguard-dshm")
+volume_name := object.get(workload.gpu_config, ["shm", "volume_name"], "mlguard-dshm")
 
-size_limit := object.get(input.parameters, "size_limit", "")
+size_limit := object.get(workload.gpu_config, ["shm", "size_limit"], "")
 
 volume := {"name": volume_name, "emptyDir": {"medium": "Memory"}} if size_limit == ""
 
