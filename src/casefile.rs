@@ -352,11 +352,10 @@ pub fn run_file(
             compare_messages("denial", &expect.deny, &denials, &mut failures);
             compare_messages("warning", &expect.warn, &warnings, &mut failures);
             compare_messages("dry-run denial", &expect.would_deny, &would, &mut failures);
-            let would_patch: Vec<String> = sim.mutate.would_patch.clone();
             compare_messages(
                 "dry-run patch",
                 &expect.would_patch,
-                &would_patch,
+                &sim.mutate.would_patch,
                 &mut failures,
             );
             mutated = Some(sim.mutated);

@@ -69,7 +69,7 @@ pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: M
         &Enforcement {
             cap: mode.cap(),
             namespace: &review.namespace,
-            labels: &labels,
+            labels,
         },
     )
 }

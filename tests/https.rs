@@ -218,27 +218,11 @@ async fn tls_is_trusted_only_through_the_ca_and_the_service_name() {
     assert!(err.contains("invalid peer certificate"), "{err}");
 
     // TLS 1.2, which older API servers may negotiate, works; the server speaks HTTP/1.1.
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let v12 = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(v12_roots(&s.ca))
-        .with_no_client_auth();
-    let mut conn = Conn::open(s.server.webhook, std::sync::Arc::new(v12))
-        .await
-        .unwrap();
+    let v12 = common::trusting_over(&s.ca, &[&rustls::version::TLS12]);
+    let mut conn = Conn::open(s.server.webhook, v12).await.unwrap();
     let review: Json = serde_json::from_slice(&fixture("deployment.json")).unwrap();
     assert_eq!(conn.review("/validate", &review).await["allowed"], true);
     s.server.stop().await.unwrap();
-}
-
-fn v12_roots(ca: &str) -> rustls::RootCertStore {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    roots
 }
 
 #[tokio::test]

@@ -199,11 +199,10 @@ impl ClusterState {
     }
 
     /// Labels of `namespace`, for enforcement overrides by namespace selector.
-    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
-        self.namespaces
-            .get(namespace)
-            .map(|n| n.labels.clone())
-            .unwrap_or_default()
+    /// Borrowed, since every review asks: an unknown namespace has no labels.
+    pub fn namespace_labels(&self, namespace: &str) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.namespaces.get(namespace).map_or(&NONE, |n| &n.labels)
     }
 
     /// `quotas[namespace]` of the `data.mlguard.cluster` document; None without quotas.

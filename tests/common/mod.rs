@@ -138,6 +138,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
 /// A client TLS configuration that trusts only `ca_pem`, as the API server trusts only the
 /// webhook configuration's caBundle.
 pub fn trusting(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    trusting_over(ca_pem, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`trusting`], limited to the given TLS versions.
+pub fn trusting_over(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -146,7 +154,7 @@ pub fn trusting(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth(),
