@@ -2,28 +2,33 @@
 # number as its limit. Pods and the pod templates of Jobs are checked.
 package mlguard.policies.gpu_limits
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.containers
+import data.mlguard.lib.workload.describe
+import data.mlguard.lib.workload.limits
+import data.mlguard.lib.workload.qty
+import data.mlguard.lib.workload.requests
+import data.mlguard.lib.workload.subject
 import rego.v1
 
 deny contains msg if {
-	some entry in workload.containers
-	some r, asked in workload.requests(entry.container)
-	workload.is_gpu(r)
-	not workload.limits(entry.container)[r]
+	some entry in containers
+	some r, asked in requests(entry.container)
+	r in entry.gpu
+	not limits(entry.container)[r]
 	msg := sprintf(
 		"%s: %s requests %v %s but sets no limit for it; GPUs are not overcommitted, so set resources.limits[%q] to %v",
-		[workload.subject, workload.describe(entry), asked, r, r, asked],
+		[subject, describe(entry), asked, r, r, asked],
 	)
 }
 
 deny contains msg if {
-	some entry in workload.containers
-	some r, asked in workload.requests(entry.container)
-	workload.is_gpu(r)
-	limit := workload.limits(entry.container)[r]
-	workload.qty(asked) != workload.qty(limit)
+	some entry in containers
+	some r, asked in requests(entry.container)
+	r in entry.gpu
+	limit := limits(entry.container)[r]
+	qty(asked) != qty(limit)
 	msg := sprintf(
 		"%s: %s requests %v %s but its limit is %v; GPU requests must equal limits, so set both to the number of GPUs it uses",
-		[workload.subject, workload.describe(entry), asked, r, limit],
+		[subject, describe(entry), asked, r, limit],
 	)
 }

@@ -2,15 +2,18 @@
 # neighbours evicted. Warns by default (see config.yaml); set the action to deny to enforce.
 package mlguard.policies.gpu_memory_limit
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.containers
+import data.mlguard.lib.workload.describe
+import data.mlguard.lib.workload.limits
+import data.mlguard.lib.workload.subject
 import rego.v1
 
 deny contains msg if {
-	some entry in workload.containers
-	workload.is_gpu_container(entry.container)
-	not workload.limits(entry.container).memory
+	some entry in containers
+	count(entry.gpu) > 0
+	not limits(entry.container).memory
 	msg := sprintf(
 		"%s: %s uses %s but sets no memory limit; set resources.limits.memory so that it cannot take memory from other GPU jobs on its node",
-		[workload.subject, workload.describe(entry), concat(", ", workload.gpu_resources(entry.container))],
+		[subject, describe(entry), concat(", ", entry.gpu)],
 	)
 }

@@ -3,22 +3,27 @@
 # has nothing mounted at /dev/shm gets a memory-backed emptyDir there.
 package mlguard.policies.gpu_shm
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.containers
+import data.mlguard.lib.workload.gpu_config
+import data.mlguard.lib.workload.is_pod
+import data.mlguard.lib.workload.obj
 import rego.v1
 
-volume_name := object.get(workload.gpu_config, ["shm", "volume_name"], "mlguard-dshm")
+volume_name := object.get(gpu_config, ["shm", "volume_name"], "mlguard-dshm")
 
-size_limit := object.get(workload.gpu_config, ["shm", "size_limit"], "")
+size_limit := object.get(gpu_config, ["shm", "size_limit"], "")
 
 volume := {"name": volume_name, "emptyDir": {"medium": "Memory"}} if size_limit == ""
 
 volume := {"name": volume_name, "emptyDir": {"medium": "Memory", "sizeLimit": size_limit}} if size_limit != ""
 
 needs_shm contains i if {
-	workload.is_pod
-	some i, c in workload.obj.spec.containers
-	workload.is_gpu_container(c)
-	not mounts_dev_shm(c)
+	is_pod
+	some entry in containers
+	entry.field == "containers"
+	count(entry.gpu) > 0
+	not mounts_dev_shm(entry.container)
+	i := entry.index
 }
 
 mounts_dev_shm(c) if {
@@ -27,7 +32,7 @@ mounts_dev_shm(c) if {
 }
 
 has_volume if {
-	some v in workload.obj.spec.volumes
+	some v in obj.spec.volumes
 	v.name == volume_name
 }
 

@@ -3,21 +3,27 @@
 # jobs.namespace_max_active_deadline_seconds, else jobs.max_active_deadline_seconds.
 package mlguard.policies.job_deadline
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.is_gpu_workload
+import data.mlguard.lib.workload.is_job
+import data.mlguard.lib.workload.jobs_config
+import data.mlguard.lib.workload.max_deadline
+import data.mlguard.lib.workload.namespace
+import data.mlguard.lib.workload.obj
+import data.mlguard.lib.workload.subject
 import rego.v1
 
-applies if workload.is_gpu_workload
+applies if is_gpu_workload
 
-applies if workload.jobs_config.limit_all_jobs == true
+applies if jobs_config.limit_all_jobs == true
 
 deny contains msg if {
-	workload.is_job
+	is_job
 	applies
-	asked := workload.obj.spec.activeDeadlineSeconds
+	asked := obj.spec.activeDeadlineSeconds
 	is_number(asked)
-	asked > workload.max_deadline
+	asked > max_deadline
 	msg := sprintf(
 		"%s: activeDeadlineSeconds is %v but namespace %s allows at most %v (%v hours); lower it, or ask a cluster admin to raise the namespace's %s annotation",
-		[workload.subject, asked, workload.namespace, workload.max_deadline, round(workload.max_deadline / 3600), workload.jobs_config.max_deadline_annotation],
+		[subject, asked, namespace, max_deadline, round(max_deadline / 3600), jobs_config.max_deadline_annotation],
 	)
 }

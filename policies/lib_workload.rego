@@ -53,9 +53,23 @@ matches(pattern, resource) if {
 	startswith(resource, trim_suffix(pattern, "*"))
 }
 
-is_gpu(resource) if {
+# The patterns split once per review into exact names and prefixes, so that checking a
+# resource name is a set lookup and a prefix test or two, not a function call per pattern.
+gpu_exact_names contains p if {
 	some p in gpu_patterns
-	matches(p, resource)
+	not endswith(p, "*")
+}
+
+gpu_name_prefixes contains trim_suffix(p, "*") if {
+	some p in gpu_patterns
+	endswith(p, "*")
+}
+
+is_gpu(resource) if gpu_exact_names[resource]
+
+is_gpu(resource) if {
+	some prefix in gpu_name_prefixes
+	startswith(resource, prefix)
 }
 
 requests(c) := object.get(c, ["resources", "requests"], {})
@@ -66,12 +80,16 @@ gpu_resources(c) := {r | some r, _ in requests(c); is_gpu(r)} | {r | some r, _ i
 
 is_gpu_container(c) if count(gpu_resources(c)) > 0
 
-# Every container and init container, with where it sits, for messages and patch paths. An
-# array, not a set: a set would compare whole containers on every insert.
+# Every container and init container, with where it sits (for messages and patch paths) and
+# the GPU resources it uses, worked out once per review: policies read `entry.gpu` instead of
+# calling gpu_resources again. An array, not a set: a set would compare whole containers on
+# every insert.
 containers := array.concat(
-	[{"field": "containers", "index": i, "container": c} | some i, c in object.get(pod_spec, "containers", [])],
-	[{"field": "initContainers", "index": i, "container": c} | some i, c in object.get(pod_spec, "initContainers", [])],
+	[container_entry("containers", i, c) | some i, c in object.get(pod_spec, "containers", [])],
+	[container_entry("initContainers", i, c) | some i, c in object.get(pod_spec, "initContainers", [])],
 )
+
+container_entry(field, i, c) := {"field": field, "index": i, "container": c, "gpu": gpu_resources(c)}
 
 describe(entry) := sprintf("container %q", [entry.container.name]) if entry.field == "containers"
 
@@ -80,7 +98,7 @@ describe(entry) := sprintf("init container %q", [entry.container.name]) if entry
 # GPU resources any container of the pod asks for.
 pod_gpu_resources contains r if {
 	some entry in containers
-	some r in gpu_resources(entry.container)
+	some r in entry.gpu
 }
 
 is_gpu_workload if count(pod_gpu_resources) > 0

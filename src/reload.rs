@@ -123,7 +123,10 @@ pub fn spawn_policy_reloader(
         // Compiling takes milliseconds of CPU: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
             let loaded = PolicySet::compile(files, Origin::Directory(dir.clone()), backend)
-                .and_then(|set| state.swap_policies(set));
+                .and_then(|set| {
+                    set.log_notes();
+                    state.swap_policies(set)
+                });
             let ok = loaded.is_ok();
             state
                 .metrics

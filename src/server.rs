@@ -257,6 +257,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "generation": state.generation.load(Ordering::Relaxed),
             "evaluator": set.backend.as_str(),
             "vm_fallback_reason": set.vm_fallback_reason,
+            "hints": set.hints,
             "names": set.policy_names(),
             "files": set.files,
             "last_reload_error": state.health.policy_error.read().ok().and_then(|e| e.clone()),
@@ -436,12 +437,7 @@ pub async fn run(
     let set = tokio::task::spawn_blocking(move || PolicySet::load(origin, backend))
         .await?
         .map_err(|e| anyhow::anyhow!("policies not loaded: {e}"))?;
-    if let Some(reason) = &set.vm_fallback_reason {
-        tracing::warn!(
-            reason,
-            "policies use a construct the VM does not compile; using the interpreter"
-        );
-    }
+    set.log_notes();
     let cluster = snapshot::load(&config.cluster_snapshots).map_err(|e| anyhow::anyhow!("{e}"))?;
     for problem in &cluster.problems {
         tracing::warn!(problem, "cluster snapshot");

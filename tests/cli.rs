@@ -296,3 +296,34 @@ fn a_failing_rego_unit_test_fails_the_run() {
         text(&out)
     );
 }
+
+/// A policy that reads the shared helpers through a package import is slower on the VM; the
+/// admin finds out from `mlguard bench`, with the file, line and the imports to write instead.
+#[test]
+fn bench_points_out_rules_read_through_a_package_import() {
+    let slow = "package mlguard.policies.slow\n\nimport data.mlguard.lib.workload\nimport rego.v1\n\n\
+                deny contains msg if {\n\tworkload.is_gpu_workload\n\tnot workload.obj.metadata.labels.team\n\t\
+                msg := workload.describe({\"field\": \"containers\", \"container\": {\"name\": \"x\"}})\n}\n";
+    let dir = policy_dir(&[("slow.rego", slow)]);
+    let fixture = repo().join("tests/fixtures/reviews/pod-small.json");
+    let out = mlguard(&[
+        "bench",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "-f",
+        fixture.to_str().unwrap(),
+        "-n",
+        "2",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let hints: Vec<&str> = t.lines().filter(|l| l.starts_with("hint: ")).collect();
+    assert_eq!(hints.len(), 1, "only the slow policy's import: {t}");
+    assert!(
+        hints[0].contains("slow.rego:7: `workload.is_gpu_workload`")
+            && hints[0].contains("`import data.mlguard.lib.workload.obj`")
+            && !hints[0].contains("describe"),
+        "{}",
+        hints[0]
+    );
+}

@@ -82,6 +82,9 @@ pub struct PolicySet {
     pub backend: Backend,
     /// Why the VM was not used, when it was not.
     pub vm_fallback_reason: Option<String>,
+    /// Ways the policies could be evaluated faster (see `lint::package_import_hints`), shown
+    /// at load, on `/status` and by `mlguard bench`.
+    pub hints: Vec<String>,
     pub(crate) engine: Engine,
     pub(crate) program: Option<Arc<Program>>,
 }
@@ -110,6 +113,20 @@ pub fn digest(files: &[SourceFile]) -> String {
 impl PolicySet {
     pub fn policy_names(&self) -> Vec<&str> {
         self.policies.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// Logs what an admin should know about a set that loaded: why it is not on the VM, and
+    /// how it could be evaluated faster.
+    pub fn log_notes(&self) {
+        if let Some(reason) = &self.vm_fallback_reason {
+            tracing::warn!(
+                reason,
+                "policies use a construct the VM does not compile; using the interpreter"
+            );
+        }
+        for hint in &self.hints {
+            tracing::warn!(hint, "policy evaluation could be faster");
+        }
     }
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
@@ -142,6 +159,15 @@ impl PolicySet {
                 .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
             packages.entry(package).or_default().push(file.name.clone());
         }
+
+        let hints: Vec<String> = rego
+            .iter()
+            .flat_map(|file| {
+                lint::package_import_hints(&file.name, &file.text, |path| {
+                    packages.contains_key(path)
+                })
+            })
+            .collect();
 
         let mut names = Vec::new();
         let mut rules_of = BTreeMap::new();
@@ -231,6 +257,7 @@ impl PolicySet {
             config_value,
             backend,
             vm_fallback_reason,
+            hints,
             engine,
             program,
         });

@@ -5,17 +5,24 @@
 # data.mlguard.config.gpu.autoscaler_node_shapes ({labels, allocatable} each) and count as nodes.
 package mlguard.policies.gpu_capacity
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.demand
+import data.mlguard.lib.workload.gpu_config
+import data.mlguard.lib.workload.obj
+import data.mlguard.lib.workload.pod_gpu_resources
+import data.mlguard.lib.workload.pod_spec
+import data.mlguard.lib.workload.qty
+import data.mlguard.lib.workload.subject
+import data.mlguard.lib.workload.used_vendors
 import rego.v1
 
 cluster := data.mlguard.cluster
 
 products := {trim_space(p) |
-	some p in split(workload.obj.metadata.annotations[workload.gpu_config.product_annotation], ",")
+	some p in split(obj.metadata.annotations[gpu_config.product_annotation], ",")
 	trim_space(p) != ""
 }
 
-shapes := object.get(workload.gpu_config, "autoscaler_node_shapes", [])
+shapes := object.get(gpu_config, "autoscaler_node_shapes", [])
 
 # The most of resource r any one node offers, among the nodes the pod may use.
 largest(r) := max({object.get(cluster.largest_allocatable, r, 0), shape_largest(r)}) if count(products) == 0
@@ -28,7 +35,7 @@ existing_largest(r) := max({0} | {object.get(node.allocatable, r, 0) |
 	of_requested_model(node)
 })
 
-shape_largest(r) := max({0} | {workload.qty(object.get(shape.allocatable, r, 0)) |
+shape_largest(r) := max({0} | {qty(object.get(shape.allocatable, r, 0)) |
 	some shape in shapes
 	of_requested_model(shape)
 })
@@ -37,7 +44,7 @@ of_requested_model(_) if count(products) == 0
 
 of_requested_model(node) if {
 	count(products) > 0
-	some vendor in workload.used_vendors
+	some vendor in used_vendors
 	object.get(node, ["labels", vendor.product_label], "") in products
 }
 
@@ -47,12 +54,12 @@ where := sprintf(" with GPU model %s", [concat(" or ", products)]) if count(prod
 
 deny contains msg if {
 	object.get(cluster, "node_count", 0) > 0
-	some r in workload.pod_gpu_resources
-	asked := workload.demand(workload.pod_spec, r, "requests")
+	some r in pod_gpu_resources
+	asked := demand(pod_spec, r, "requests")
 	most := largest(r)
 	asked > most
 	msg := sprintf(
 		"%s asks for %v %s in one pod, but the largest schedulable node%s offers %v; it would stay Pending forever: ask for at most %v per pod and spread the work over more pods",
-		[workload.subject, asked, r, where, most, most],
+		[subject, asked, r, where, most, most],
 	)
 }

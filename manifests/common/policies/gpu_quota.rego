@@ -6,10 +6,20 @@
 #     warned: its pods will wait for GPUs to free up.
 package mlguard.policies.gpu_quota
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.containers
+import data.mlguard.lib.workload.demand
+import data.mlguard.lib.workload.is_gpu
+import data.mlguard.lib.workload.is_job
+import data.mlguard.lib.workload.is_pod
+import data.mlguard.lib.workload.job_concurrency
+import data.mlguard.lib.workload.namespace
+import data.mlguard.lib.workload.obj
+import data.mlguard.lib.workload.parallelism
+import data.mlguard.lib.workload.pod_spec
+import data.mlguard.lib.workload.subject
 import rego.v1
 
-quotas := object.get(data.mlguard.cluster.quotas, workload.namespace, [])
+quotas := object.get(data.mlguard.cluster.quotas, namespace, [])
 
 # A quota key names a resource and which figure of it is counted: `requests.R`, `limits.R`,
 # or a bare `R`, which counts requests.
@@ -31,7 +41,7 @@ applies(q) if {
 	count([term | some term in q.scopes; not selects(term)]) == 0
 }
 
-spec := workload.pod_spec
+spec := pod_spec
 
 priority_class := object.get(spec, "priorityClassName", "")
 
@@ -39,7 +49,7 @@ terminating if spec.activeDeadlineSeconds >= 0
 
 best_effort if {
 	count([c |
-		some entry in workload.containers
+		some entry in containers
 		c := entry.container
 		some field in ["requests", "limits"]
 		some r, _ in object.get(c, ["resources", field], {})
@@ -109,8 +119,8 @@ charges contains {"quota": q, "key": key, "resource": c.resource, "per_pod": per
 	applies(q)
 	some key, _ in q.hard
 	c := counted(key)
-	workload.is_gpu(c.resource)
-	per_pod := workload.demand(workload.pod_spec, c.resource, c.field)
+	is_gpu(c.resource)
+	per_pod := demand(pod_spec, c.resource, c.field)
 	per_pod > 0
 }
 
@@ -119,34 +129,34 @@ used(charge) := object.get(charge.quota.used, charge.key, 0)
 remaining(charge) := object.get(charge.quota.remaining, charge.key, charge.quota.hard[charge.key])
 
 deny contains msg if {
-	workload.is_pod
+	is_pod
 	some charge in charges
 	charge.per_pod > remaining(charge)
 	msg := sprintf(
 		"%s asks for %v %s but namespace %s has %v left of its ResourceQuota %s (%s: hard %v, used %v); wait for running GPU pods to finish, ask for fewer, or ask a cluster admin for more quota",
-		[workload.subject, charge.per_pod, charge.resource, workload.namespace, remaining(charge), charge.quota.name, charge.key, charge.quota.hard[charge.key], used(charge)],
+		[subject, charge.per_pod, charge.resource, namespace, remaining(charge), charge.quota.name, charge.key, charge.quota.hard[charge.key], used(charge)],
 	)
 }
 
 deny contains msg if {
-	workload.is_job
+	is_job
 	some charge in charges
-	at_once := charge.per_pod * workload.job_concurrency
+	at_once := charge.per_pod * job_concurrency
 	at_once > charge.quota.hard[charge.key]
 	msg := sprintf(
 		"%s runs %v pods at once (parallelism %v, completions %v) of %v %s each, %v in all, but namespace %s's ResourceQuota %s allows %v (%s); it can never run: lower parallelism or GPUs per pod, or ask a cluster admin for more quota",
-		[workload.subject, workload.job_concurrency, workload.parallelism, object.get(workload.obj.spec, "completions", "unset"), charge.per_pod, charge.resource, at_once, workload.namespace, charge.quota.name, charge.quota.hard[charge.key], charge.key],
+		[subject, job_concurrency, parallelism, object.get(obj.spec, "completions", "unset"), charge.per_pod, charge.resource, at_once, namespace, charge.quota.name, charge.quota.hard[charge.key], charge.key],
 	)
 }
 
 warn contains msg if {
-	workload.is_job
+	is_job
 	some charge in charges
-	at_once := charge.per_pod * workload.job_concurrency
+	at_once := charge.per_pod * job_concurrency
 	at_once <= charge.quota.hard[charge.key]
 	at_once > remaining(charge)
 	msg := sprintf(
 		"%s needs %v %s at once but namespace %s has %v left of its ResourceQuota %s (%s: hard %v, used %v); its pods will wait until GPUs are free",
-		[workload.subject, at_once, charge.resource, workload.namespace, remaining(charge), charge.quota.name, charge.key, charge.quota.hard[charge.key], used(charge)],
+		[subject, at_once, charge.resource, namespace, remaining(charge), charge.quota.name, charge.key, charge.quota.hard[charge.key], used(charge)],
 	)
 }

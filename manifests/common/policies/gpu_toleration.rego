@@ -2,18 +2,20 @@
 # the taint of each GPU vendor it uses, unless one of its tolerations already covers it.
 package mlguard.policies.gpu_toleration
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.is_pod
+import data.mlguard.lib.workload.obj
+import data.mlguard.lib.workload.used_vendors
 import rego.v1
 
 patch contains {"op": "add", "path": "/spec/tolerations/-", "value": toleration} if {
-	workload.is_pod
-	some vendor in workload.used_vendors
+	is_pod
+	some vendor in used_vendors
 	not tolerated(vendor.taint)
 	toleration := {"key": vendor.taint.key, "operator": "Exists", "effect": vendor.taint.effect}
 }
 
 tolerated(taint) if {
-	some t in object.get(workload.obj.spec, "tolerations", [])
+	some t in object.get(obj.spec, "tolerations", [])
 	covers(t, taint)
 }
 

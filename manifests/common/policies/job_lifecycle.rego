@@ -4,26 +4,31 @@
 # the CronJob.
 package mlguard.policies.job_lifecycle
 
-import data.mlguard.lib.workload
+import data.mlguard.lib.workload.cron_owned
+import data.mlguard.lib.workload.is_gpu_workload
+import data.mlguard.lib.workload.is_job
+import data.mlguard.lib.workload.jobs_config
+import data.mlguard.lib.workload.max_deadline
+import data.mlguard.lib.workload.obj
 import rego.v1
 
-cfg := workload.jobs_config
+cfg := jobs_config
 
-unset(field) if object.get(workload.obj.spec, field, null) == null
+unset(field) if object.get(obj.spec, field, null) == null
 
 patch contains {"op": "add", "path": "/spec/ttlSecondsAfterFinished", "value": cfg.ttl_seconds_after_finished} if {
-	workload.is_job
-	not workload.cron_owned
+	is_job
+	not cron_owned
 	unset("ttlSecondsAfterFinished")
 	is_number(cfg.ttl_seconds_after_finished)
 }
 
 # The default deadline never exceeds what the namespace allows.
 patch contains {"op": "add", "path": "/spec/activeDeadlineSeconds", "value": deadline} if {
-	workload.is_job
-	workload.is_gpu_workload
-	not workload.cron_owned
+	is_job
+	is_gpu_workload
+	not cron_owned
 	unset("activeDeadlineSeconds")
 	is_number(cfg.active_deadline_seconds)
-	deadline := min({cfg.active_deadline_seconds, workload.max_deadline})
+	deadline := min({cfg.active_deadline_seconds, max_deadline})
 }
