@@ -110,7 +110,7 @@ fn stages(c: &mut Criterion) {
                 || outputs.clone(),
                 |outputs| {
                     let object = parsed.object_json();
-                    decide(&evaluator.set, outputs, object.as_ref(), &enforcement)
+                    decide(&evaluator.set, outputs, object, &enforcement)
                 },
                 BatchSize::SmallInput,
             )

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mlguard::cli::{Cli, Command};
 
-/// Counts allocations only while `mlguard bench` measures; otherwise the system allocator.
+/// mimalloc, counting allocations only while `mlguard bench` measures.
 #[global_allocator]
 static ALLOC: mlguard::bench::CountingAlloc = mlguard::bench::CountingAlloc;
 

@@ -65,7 +65,7 @@ pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: M
     decide(
         &evaluator.set,
         outputs,
-        object.as_ref(),
+        object,
         &Enforcement {
             cap: mode.cap(),
             namespace: &review.namespace,

@@ -110,9 +110,10 @@ fn apply_one(doc: &mut Json, policy: &str, op: &Json) -> Result<(), PatchError> 
     })
 }
 
-/// Builds the safe patch for `object` from `(policy, operation)` pairs, in order.
-pub fn make_safe(object: &Json, requested: &[(String, Json)]) -> Result<SafePatch, PatchError> {
-    let mut doc = object.clone();
+/// Builds the safe patch for `object` from `(policy, operation)` pairs, in order; `object`
+/// becomes the patched object.
+pub fn make_safe(object: Json, requested: &[(String, Json)]) -> Result<SafePatch, PatchError> {
+    let mut doc = object;
     let mut ops = Vec::new();
     for (policy, op) in requested {
         if already_in_effect(&doc, op) {
@@ -153,7 +154,7 @@ mod tests {
         let pod = json!({"spec": {"containers": [{"name": "c"}]}});
         let tol = json!({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"});
         let safe = make_safe(
-            &pod,
+            pod.clone(),
             &req(json!([{"op": "add", "path": "/spec/tolerations/-", "value": tol}])),
         )
         .unwrap();
@@ -170,9 +171,9 @@ mod tests {
             {"op": "add", "path": "/spec/affinity/nodeAffinity", "value": {"x": 1}},
             {"op": "replace", "path": "/spec/priority", "value": 5}
         ]));
-        let first = make_safe(&pod, &ops).unwrap();
+        let first = make_safe(pod.clone(), &ops).unwrap();
         assert!(!first.is_empty());
-        let second = make_safe(&first.patched, &ops).unwrap();
+        let second = make_safe(first.patched.clone(), &ops).unwrap();
         assert!(second.is_empty(), "{:?}", second.ops);
         // The patch applies to the original object and gives the same result.
         let mut applied = pod.clone();
@@ -187,7 +188,7 @@ mod tests {
             {"op": "add", "path": "/spec/tolerations/-", "value": {"key": "k"}},
             {"op": "add", "path": "/spec/tolerations/-", "value": {"key": "k"}}
         ]));
-        let safe = make_safe(&pod, &ops).unwrap();
+        let safe = make_safe(pod.clone(), &ops).unwrap();
         assert_eq!(
             safe.patched["spec"]["tolerations"]
                 .as_array()
@@ -201,7 +202,7 @@ mod tests {
     fn an_op_that_cannot_apply_names_the_policy() {
         let pod = json!({"spec": {"containers": []}});
         let ops = req(json!([{"op": "add", "path": "/spec/containers/5/name", "value": "x"}]));
-        let err = make_safe(&pod, &ops).unwrap_err();
+        let err = make_safe(pod.clone(), &ops).unwrap_err();
         assert_eq!(err.policy, "p");
         assert!(err.to_string().contains("/spec/containers/5/name"), "{err}");
     }
@@ -209,7 +210,7 @@ mod tests {
     #[test]
     fn removing_something_absent_is_dropped() {
         let safe = make_safe(
-            &json!({"spec": {}}),
+            json!({"spec": {}}),
             &req(json!([{"op": "remove", "path": "/spec/x"}])),
         )
         .unwrap();
