@@ -86,7 +86,7 @@ fn stages(c: &mut Criterion) {
                 continue;
             }
             evaluate.bench_function(&r.name, |b| {
-                b.iter(|| evaluator.evaluate(black_box(&parsed.request), stage))
+                b.iter(|| evaluator.evaluate(black_box(parsed.request()), stage))
             });
         }
         evaluate.finish();
@@ -96,7 +96,7 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
     for r in &reviews {
         let parsed = admission::parse(&r.body).unwrap();
-        let outputs = evaluator.evaluate(&parsed.request, Stage::Mutate);
+        let outputs = evaluator.evaluate(parsed.request(), Stage::Mutate);
         if outputs.is_empty() {
             continue;
         }

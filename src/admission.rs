@@ -1,10 +1,16 @@
 //! AdmissionReview v1 in and out. The body is parsed once, straight into the policy engine's
-//! value type; the few fields mlguard routes on are read from that value. Replies are built
-//! with `kube::core::admission`.
+//! value type; the few fields mlguard routes on are read from that value. The object and old
+//! object, most of a body, are kept as raw JSON until a policy needs them, so that a review no
+//! policy looks at (another kind, an operation no policy runs on) never builds them. Replies
+//! are built with `kube::core::admission`.
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
 use regorus::Value;
+use serde_json::value::RawValue;
 
 use crate::policy::verdict::Verdict;
 
@@ -39,9 +45,15 @@ pub struct ParsedReview {
     pub operation: String,
     pub user: String,
     pub dry_run: bool,
-    /// The AdmissionRequest as the policies see it (`input.review`), without managedFields.
-    pub request: Value,
+    /// The AdmissionRequest's fields other than the objects.
+    envelope: Value,
+    /// `object` and `oldObject` as received, until `request` needs them.
+    raw_objects: [Option<Box<RawValue>>; 2],
+    request: OnceLock<Value>,
 }
+
+/// The request's members kept as raw JSON, with their names in the request.
+const RAW_MEMBERS: [&str; 2] = ["object", "oldObject"];
 
 fn text(v: &Value) -> String {
     match v {
@@ -61,27 +73,46 @@ enum Level {
     Metadata,
 }
 
+/// What to do with the value under a key.
+enum Child {
+    Plain,
+    Nested(Level),
+    /// Kept as raw JSON in the given slot of `RawSlots`.
+    Raw(usize),
+    Skip,
+}
+
 impl Level {
-    /// The level of the value under `key`, or `None` to deserialize it as a plain value.
-    fn child(self, key: &str) -> Option<Option<Level>> {
+    fn child(self, key: &str) -> Child {
         match (self, key) {
-            (Level::Review, "request") => Some(Some(Level::Request)),
-            (Level::Request, "object" | "oldObject") => Some(Some(Level::Object)),
-            (Level::Object, "metadata") => Some(Some(Level::Metadata)),
-            (Level::Metadata, "managedFields") => Some(None),
-            _ => None,
+            (Level::Review, "request") => Child::Nested(Level::Request),
+            (Level::Request, "object") => Child::Raw(0),
+            (Level::Request, "oldObject") => Child::Raw(1),
+            (Level::Object, "metadata") => Child::Nested(Level::Metadata),
+            (Level::Metadata, "managedFields") => Child::Skip,
+            _ => Child::Plain,
         }
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Level {
+/// The request's objects as slices of the body, filled while the request is parsed.
+type RawSlots<'de> = RefCell<[Option<&'de RawValue>; 2]>;
+
+/// The deserializer's visitor at one level of the review.
+#[derive(Clone, Copy)]
+struct Parse<'s, 'de> {
+    level: Level,
+    raw: &'s RawSlots<'de>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Parse<'_, 'de> {
     type Value = Value;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Level {
+impl<'de> serde::de::Visitor<'de> for Parse<'_, 'de> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -115,10 +146,14 @@ impl<'de> serde::de::Visitor<'de> for Level {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = std::collections::BTreeMap::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let value = match self.child(&key) {
-                None => map.next_value::<Value>()?,
-                Some(Some(level)) => map.next_value_seed(level)?,
-                Some(None) => {
+            let value = match self.level.child(&key) {
+                Child::Plain => map.next_value::<Value>()?,
+                Child::Nested(level) => map.next_value_seed(Parse { level, ..self })?,
+                Child::Raw(slot) => {
+                    self.raw.borrow_mut()[slot] = Some(map.next_value::<&'de RawValue>()?);
+                    continue;
+                }
+                Child::Skip => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                     continue;
                 }
@@ -129,13 +164,31 @@ impl<'de> serde::de::Visitor<'de> for Level {
     }
 }
 
+/// An object or old object as the policies see it: managedFields left out.
+fn build_object(raw: &RawValue) -> Value {
+    use serde::de::DeserializeSeed;
+    let unused = RefCell::new([None, None]);
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    Parse {
+        level: Level::Object,
+        raw: &unused,
+    }
+    .deserialize(&mut de)
+    // The text was checked to be JSON while the body was parsed.
+    .unwrap_or(Value::Null)
+}
+
 pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
     use serde::de::DeserializeSeed;
+    let raw: RawSlots = RefCell::new([None, None]);
     let mut de = serde_json::Deserializer::from_slice(body);
-    let mut review = Level::Review
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v))
-        .map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    let mut review = Parse {
+        level: Level::Review,
+        raw: &raw,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v))
+    .map_err(|e| ReviewError::NotJson(e.to_string()))?;
     if !matches!(review, Value::Object(_)) {
         return Err(ReviewError::NotAReview("expected a JSON object".into()));
     }
@@ -157,22 +210,8 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
     if uid.is_empty() {
         return Err(ReviewError::MissingUid);
     }
-    let object = &request["object"];
-    let name = match text(&object["metadata"]["name"]) {
-        n if !n.is_empty() => n,
-        _ => match text(&request["name"]) {
-            n if !n.is_empty() => n,
-            _ => match text(&object["metadata"]["generateName"]) {
-                g if !g.is_empty() => format!("{g}*"),
-                _ => String::new(),
-            },
-        },
-    };
-    let namespace = match text(&request["namespace"]) {
-        n if !n.is_empty() => n,
-        _ => text(&object["metadata"]["namespace"]),
-    };
-    Ok(ParsedReview {
+    let raw_objects = raw.into_inner().map(|r| r.map(ToOwned::to_owned));
+    let mut parsed = ParsedReview {
         api_version,
         uid,
         group: text(&request["kind"]["group"]),
@@ -180,16 +219,54 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
         kind: text(&request["kind"]["kind"]),
         resource: text(&request["resource"]["resource"]),
         sub_resource: text(&request["subResource"]),
-        namespace,
-        name,
+        namespace: text(&request["namespace"]),
+        name: text(&request["name"]),
         operation: text(&request["operation"]),
         user: text(&request["userInfo"]["username"]),
         dry_run: matches!(request["dryRun"], Value::Bool(true)),
-        request,
-    })
+        envelope: request,
+        raw_objects,
+        request: OnceLock::new(),
+    };
+    // The API server names the object in the request, except a pod a controller creates with
+    // generateName, and gives its namespace; only then is the object itself read here.
+    if parsed.name.is_empty() || parsed.namespace.is_empty() {
+        let metadata = &parsed.request()["object"]["metadata"];
+        let name = match text(&metadata["name"]) {
+            n if !n.is_empty() => n,
+            _ => match text(&metadata["generateName"]) {
+                g if !g.is_empty() => format!("{g}*"),
+                _ => String::new(),
+            },
+        };
+        let namespace = text(&metadata["namespace"]);
+        if parsed.name.is_empty() {
+            parsed.name = name;
+        }
+        if parsed.namespace.is_empty() {
+            parsed.namespace = namespace;
+        }
+    }
+    Ok(parsed)
 }
 
 impl ParsedReview {
+    /// The AdmissionRequest as the policies see it (`input.review`), without managedFields.
+    /// The objects are built from their JSON on the first call.
+    pub fn request(&self) -> &Value {
+        self.request.get_or_init(|| {
+            let mut request = self.envelope.clone();
+            if let Ok(map) = request.as_object_mut() {
+                for (member, raw) in RAW_MEMBERS.iter().zip(&self.raw_objects) {
+                    if let Some(raw) = raw {
+                        map.insert(Value::from(*member), build_object(raw));
+                    }
+                }
+            }
+            request
+        })
+    }
+
     /// Only CREATE and UPDATE of Pods and Jobs reach the policies; everything else (other
     /// kinds, DELETE, CONNECT, subresources such as pods/status) is allowed unchanged.
     pub fn is_policy_subject(&self) -> bool {
@@ -218,7 +295,7 @@ impl ParsedReview {
 
     /// The object under review as JSON, for patching. Only called when a policy patches.
     pub fn object_json(&self) -> Option<serde_json::Value> {
-        match &self.request["object"] {
+        match &self.request()["object"] {
             Value::Undefined | Value::Null => None,
             v => serde_json::to_value(v).ok(),
         }
@@ -325,7 +402,7 @@ mod tests {
         assert_eq!(r.subject(), "Pod ml/train-*");
         assert!(r.is_policy_subject());
         assert_eq!(
-            r.request["object"]["metadata"]["managedFields"],
+            r.request()["object"]["metadata"]["managedFields"],
             Value::Undefined
         );
     }
@@ -360,5 +437,29 @@ mod tests {
         assert!(!mk("Deployment", "apps", "", "CREATE"));
         assert!(!mk("Pod", "", "status", "UPDATE"));
         assert!(!mk("Pod", "", "", "DELETE"));
+    }
+
+    #[test]
+    fn objects_are_built_only_when_read() {
+        let r = parse(&body(serde_json::json!({
+            "uid": "u2", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "namespace": "ml", "name": "web", "operation": "UPDATE",
+            "object": {"metadata": {"name": "web", "managedFields": [{"manager": "kubectl"}]}, "spec": {"replicas": 2}},
+            "oldObject": {"metadata": {"name": "web"}, "spec": {"replicas": 1}}
+        })))
+        .unwrap();
+        assert_eq!(r.subject(), "Deployment ml/web");
+        assert!(
+            r.request.get().is_none(),
+            "a named, namespaced review is routed without its objects"
+        );
+        let request = r.request();
+        assert_eq!(request["object"]["spec"]["replicas"], Value::from(2u64));
+        assert_eq!(request["oldObject"]["spec"]["replicas"], Value::from(1u64));
+        assert_eq!(
+            request["object"]["metadata"]["managedFields"],
+            Value::Undefined
+        );
+        assert_eq!(request["uid"], Value::from("u2"));
     }
 }

@@ -278,7 +278,7 @@ fn run_policies(evaluator: &Evaluator, reviews: &[Review], iterations: usize) ->
                 }
                 for stage in STAGES {
                     let (out, elapsed, alloc) =
-                        timed(|| evaluator.evaluate_policy(&review.request, stage, &policy.name));
+                        timed(|| evaluator.evaluate_policy(review.request(), stage, &policy.name));
                     samples.add(elapsed, alloc);
                     fired += usize::from(out.is_some_and(|o| !o.is_empty()));
                 }

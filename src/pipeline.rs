@@ -45,17 +45,17 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// The verdict for `review` at `stage`. Requests that are not policy subjects are allowed
-/// unchanged. A server-side dry-run (`dryRun: true`) is answered exactly as the real request:
-/// mlguard has no side effects to skip.
+/// The verdict for `review` at `stage`. Requests that are not policy subjects, or whose
+/// operation no policy runs on, are allowed unchanged. A server-side dry-run (`dryRun: true`)
+/// is answered exactly as the real request: mlguard has no side effects to skip.
 pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: Mode) -> Verdict {
-    if !review.is_policy_subject() {
+    if !review.is_policy_subject() || !evaluator.set.handles(&review.operation) {
         return Verdict {
             allowed: true,
             ..Default::default()
         };
     }
-    let outputs = evaluator.evaluate(&review.request, stage);
+    let outputs = evaluator.evaluate(review.request(), stage);
     let object = outputs
         .iter()
         .any(|o| !o.patch.is_empty())

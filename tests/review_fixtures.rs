@@ -157,13 +157,13 @@ fn combined_evaluation_equals_policy_by_policy() {
             }
             let parsed = mlguard::admission::parse(&std::fs::read(&path).unwrap()).unwrap();
             for stage in [Stage::Mutate, Stage::Validate] {
-                let together = e.evaluate(&parsed.request, stage);
+                let together = e.evaluate(parsed.request(), stage);
                 let apart: Vec<_> = e
                     .set
                     .policies
                     .iter()
                     .filter(|p| p.settings.applies_to(&parsed.operation))
-                    .filter_map(|p| e.evaluate_policy(&parsed.request, stage, &p.name))
+                    .filter_map(|p| e.evaluate_policy(parsed.request(), stage, &p.name))
                     .filter(|o| !o.is_empty())
                     .collect();
                 assert_eq!(together, apart, "{} at {}", path.display(), stage.as_str());

@@ -129,6 +129,14 @@ impl PolicySet {
         }
     }
 
+    /// Whether any policy runs on `operation`: a review no policy runs on is admitted
+    /// without building its objects.
+    pub fn handles(&self, operation: &str) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.settings.applies_to(operation))
+    }
+
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)
     }
