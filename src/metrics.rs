@@ -70,6 +70,8 @@ pub struct Metrics {
     pub certificate_reloads: Family<ResultLabels, Counter>,
     pub certificate_expiry: Gauge,
     cluster_state_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub quota_reservations: Gauge,
+    pub quota_reservations_expired: Counter,
     /// Unix time of the last cluster-state update; 0 when the state is not live.
     cluster_state_updated: AtomicI64,
 }
@@ -149,6 +151,18 @@ impl Metrics {
             "Seconds since the live cluster state (quotas, nodes, namespaces) was last known current: near 0 while the watches are healthy, growing while the API server is unreachable",
             cluster_state_age.clone(),
         );
+        let quota_reservations = Gauge::default();
+        registry.register(
+            "quota_reservations",
+            "GPU pods admitted whose quota charge the ResourceQuota status does not show yet (live cluster state only)",
+            quota_reservations.clone(),
+        );
+        let quota_reservations_expired = Counter::default();
+        registry.register(
+            "quota_reservations_expired",
+            "Reservations that expired before the ResourceQuota status showed them: pods rejected after mlguard admitted them (by another webhook or the API server), or deleted meanwhile",
+            quota_reservations_expired.clone(),
+        );
         registry.register(
             "build",
             "mlguard version and git commit",
@@ -178,6 +192,8 @@ impl Metrics {
             certificate_reloads,
             certificate_expiry,
             cluster_state_age,
+            quota_reservations,
+            quota_reservations_expired,
             cluster_state_updated: AtomicI64::new(0),
         }
     }

@@ -587,12 +587,15 @@ async fn a_burst_of_pods_cannot_overrun_the_quota_through_one_replica() {
     }
     assert_eq!(allowed, 4, "a 4-GPU quota admitted {allowed} one-GPU pods");
     assert_eq!(setup.live.reservations(), 4);
+    assert_eq!(setup.app.metrics.quota_reservations.get(), 4);
     assert_eq!(remaining(&setup.app), Some(0.0));
 
     // The API server's quota plugin charges the four pods; the reservations settle and the
     // figures stay right.
     server.fake.put("resourcequotas", quota(4, 4));
     eventually("reservations to settle", || setup.live.reservations() == 0).await;
+    assert_eq!(setup.app.metrics.quota_reservations.get(), 0);
+    assert_eq!(setup.app.metrics.quota_reservations_expired.get(), 0);
     assert_eq!(remaining(&setup.app), Some(0.0));
     let (ok, _) = validate(&setup.app, pod_review("late", 1, false)).await;
     assert!(!ok);
@@ -603,6 +606,33 @@ async fn a_burst_of_pods_cannot_overrun_the_quota_through_one_replica() {
     let (ok, _) = validate(&setup.app, pod_review("next", 3, false)).await;
     assert!(ok);
     assert_eq!(remaining(&setup.app), Some(0.0));
+}
+
+/// Reservations the quota status never shows expire: the pods were refused after mlguard
+/// admitted them. They are counted and logged, and the quota they held is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unshown_reservations_expire_and_are_counted() {
+    let server = start_fake(cluster()).await;
+    let setup = synced(&server).await;
+    for name in ["refused-later-0", "refused-later-1"] {
+        let (ok, message) = validate(&setup.app, pod_review(name, 1, false)).await;
+        assert!(ok, "{message}");
+    }
+    let metrics = &setup.app.metrics;
+    assert_eq!(metrics.quota_reservations.get(), 2);
+    assert_eq!(remaining(&setup.app), Some(2.0));
+
+    setup
+        .live
+        .settle(&setup.app, Instant::now() + Duration::from_secs(3600));
+    assert_eq!(metrics.quota_reservations.get(), 0);
+    assert_eq!(metrics.quota_reservations_expired.get(), 2);
+    assert_eq!(remaining(&setup.app), Some(4.0));
+    let text = metrics.render();
+    assert!(
+        text.contains("mlguard_quota_reservations_expired_total 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

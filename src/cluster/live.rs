@@ -45,6 +45,23 @@ impl Inner {
         self.served = Some(effective);
     }
 
+    /// Drops the reservations the base state shows, and those that expired: logged and
+    /// counted, since an expiry means a pod mlguard admitted was not created after all.
+    fn settle(&mut self, app: &AppState, now: Instant) {
+        let base = self.base.clone();
+        let expired = self.ledger.settle(&base, now);
+        if !expired.is_empty() {
+            tracing::info!(
+                pods = ?expired,
+                "quota reservations expired before the ResourceQuota status showed them (pods rejected after mlguard admitted them, or deleted meanwhile)"
+            );
+            app.metrics
+                .quota_reservations_expired
+                .inc_by(expired.len() as u64);
+        }
+        app.metrics.quota_reservations.set(self.ledger.len() as i64);
+    }
+
     /// After a reservation in `namespace`: serves the state with that namespace's quotas
     /// updated, converting only them (see `Evaluator::with_namespace_quotas`).
     fn serve_namespace(&mut self, app: &AppState, namespace: &str) {
@@ -104,8 +121,7 @@ impl LiveCluster {
     pub fn publish(&self, app: &AppState, base: ClusterState, now: Instant) {
         let mut inner = self.lock();
         inner.base = Arc::new(base);
-        let base = inner.base.clone();
-        log_expired(inner.ledger.settle(&base, now));
+        inner.settle(app, now);
         inner.serve(app);
     }
 
@@ -115,8 +131,7 @@ impl LiveCluster {
         if inner.ledger.next_expiry().is_none_or(|t| t > now) {
             return;
         }
-        let base = inner.base.clone();
-        log_expired(inner.ledger.settle(&base, now));
+        inner.settle(app, now);
         inner.serve(app);
     }
 
@@ -175,17 +190,11 @@ impl LiveCluster {
                 charges,
                 Instant::now(),
             );
+            app.metrics
+                .quota_reservations
+                .set(inner.ledger.len() as i64);
             inner.serve_namespace(app, &review.namespace);
         }
         verdict
-    }
-}
-
-fn log_expired(pods: Vec<String>) {
-    if !pods.is_empty() {
-        tracing::info!(
-            ?pods,
-            "quota reservations expired before the ResourceQuota status showed them (pods rejected after mlguard admitted them, or deleted meanwhile)"
-        );
     }
 }

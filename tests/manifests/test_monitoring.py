@@ -36,6 +36,8 @@ METRICS = {
     "mlguard_certificate_reloads_total": ("counter", {"result": {"success", "failure"}}),
     "mlguard_certificate_expiry_timestamp_seconds": ("gauge", {}),
     "mlguard_cluster_state_age_seconds": ("gauge", {}),
+    "mlguard_quota_reservations": ("gauge", {}),
+    "mlguard_quota_reservations_expired_total": ("counter", {}),
     "mlguard_build_info": ("gauge", {"version": None, "commit": None}),
 }
 # Prometheus' own per-target series.
