@@ -4,11 +4,11 @@
 //! policy looks at (another kind, an operation no policy runs on) never builds them. Replies
 //! are built with `kube::core::admission`.
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
 use regorus::Value;
 use serde_json::value::RawValue;
 
@@ -77,7 +77,7 @@ enum Level {
 enum Child {
     Plain,
     Nested(Level),
-    /// Kept as raw JSON in the given slot of `RawSlots`.
+    /// Kept as raw JSON, in the slot of its name in `RAW_MEMBERS`.
     Raw(usize),
     Skip,
 }
@@ -86,8 +86,10 @@ impl Level {
     fn child(self, key: &str) -> Child {
         match (self, key) {
             (Level::Review, "request") => Child::Nested(Level::Request),
-            (Level::Request, "object") => Child::Raw(0),
-            (Level::Request, "oldObject") => Child::Raw(1),
+            (Level::Request, _) => match RAW_MEMBERS.iter().position(|m| *m == key) {
+                Some(slot) => Child::Raw(slot),
+                None => Child::Plain,
+            },
             (Level::Object, "metadata") => Child::Nested(Level::Metadata),
             (Level::Metadata, "managedFields") => Child::Skip,
             _ => Child::Plain,
