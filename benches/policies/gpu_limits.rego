@@ -1,11 +1,12 @@
 package mlguard.policies.gpu_limits
 
-import data.mlguard.lib.gpu
+import data.mlguard.lib.gpu.containers
+import data.mlguard.lib.gpu.gpus
 import rego.v1
 
 deny contains msg if {
-	some c in gpu.containers
-	some name in gpu.gpus(c)
+	some c in containers
+	some name in gpus(c)
 	request := object.get(c, ["resources", "requests", name], null)
 	limit := object.get(c, ["resources", "limits", name], null)
 	request != null
@@ -16,8 +17,8 @@ deny contains msg if {
 }
 
 deny contains msg if {
-	some c in gpu.containers
-	some name in gpu.gpus(c)
+	some c in containers
+	some name in gpus(c)
 	request := c.resources.requests[name]
 	limit := c.resources.limits[name]
 	request != limit

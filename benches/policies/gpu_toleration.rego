@@ -1,12 +1,14 @@
 package mlguard.policies.gpu_toleration
 
-import data.mlguard.lib.gpu
+import data.mlguard.lib.gpu.containers
+import data.mlguard.lib.gpu.gpu_workload
+import data.mlguard.lib.gpu.gpus
 import rego.v1
 
 patch contains op if {
 	input.review.kind.kind == "Pod"
-	gpu.gpu_workload
-	some name in {n | some c in gpu.containers; some n in gpu.gpus(c)}
+	gpu_workload
+	some name in {n | some c in containers; some n in gpus(c)}
 	op := {
 		"op": "add",
 		"path": "/spec/tolerations/-",
@@ -16,7 +18,7 @@ patch contains op if {
 
 warn contains msg if {
 	input.review.kind.kind == "Pod"
-	gpu.gpu_workload
+	gpu_workload
 	not input.review.object.metadata.labels["app.kubernetes.io/name"]
 	msg := "GPU pod has no app.kubernetes.io/name label; GPU usage reports group pods by it"
 }
