@@ -113,7 +113,7 @@ impl Evaluator {
     ) -> Result<Evaluator, PolicyError> {
         let mut mlguard = Value::new_object();
         insert(&mut mlguard, "config", set.config_value.clone());
-        insert(&mut mlguard, "cluster", Value::from(cluster.to_json()));
+        insert(&mut mlguard, "cluster", cluster.to_value());
         let mut data = Value::new_object();
         insert(&mut data, "mlguard", mlguard);
         let engine = match backend {

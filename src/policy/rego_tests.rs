@@ -56,7 +56,7 @@ pub fn run(policies: &[SourceFile], tests: &[SourceFile]) -> Result<Vec<RegoTest
     insert(
         &mut mlguard,
         "cluster",
-        Value::from(crate::cluster::ClusterState::default().to_json()),
+        crate::cluster::ClusterState::default().to_value(),
     );
     let mut data = Value::new_object();
     insert(&mut data, "mlguard", mlguard);
