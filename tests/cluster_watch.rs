@@ -928,9 +928,9 @@ async fn serve_with_a_kubeconfig_watches_the_cluster() {
     mlguard.stop().await.unwrap();
 }
 
-/// A GPU node as the API server returns it once mlguard's watch has stripped it (no
-/// managedFields, no image list): the labels GPU feature discovery puts on it, conditions,
-/// addresses, capacity and node info.
+/// A GPU node as mlguard's watch keeps it (the API server's object without managedFields,
+/// image list, conditions and volumes): the labels GPU feature discovery puts on it,
+/// annotations, taints, addresses, capacity and node info.
 fn realistic_node(name: &str) -> Json {
     let mut labels = serde_json::Map::new();
     for (k, v) in [
@@ -963,11 +963,6 @@ fn realistic_node(name: &str) -> Json {
     let resources = json!({"cpu": "192", "memory": "2097152Mi", "ephemeral-storage": "3500Gi",
                            "hugepages-1Gi": "0", "hugepages-2Mi": "0", "pods": "110",
                            "nvidia.com/gpu": "8", "vpc.amazonaws.com/efa": "32"});
-    let condition = |t: &str, status: &str| {
-        json!({"type": t, "status": status, "reason": format!("Kubelet{t}"),
-               "message": format!("kubelet reports {t} is {status}"),
-               "lastHeartbeatTime": "2026-11-23T10:00:00Z", "lastTransitionTime": "2026-11-01T10:00:00Z"})
-    };
     json!({"metadata": {"name": name, "uid": "0f6e7a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
                         "resourceVersion": "123456789", "creationTimestamp": "2026-11-01T10:00:00Z",
                         "labels": labels,
@@ -978,8 +973,6 @@ fn realistic_node(name: &str) -> Json {
            "spec": {"providerID": format!("aws:///us-east-1a/i-{name}"),
                     "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
            "status": {"capacity": resources, "allocatable": resources,
-                      "conditions": [condition("MemoryPressure", "False"), condition("DiskPressure", "False"),
-                                     condition("PIDPressure", "False"), condition("Ready", "True")],
                       "addresses": [{"type": "InternalIP", "address": "10.0.12.34"},
                                     {"type": "Hostname", "address": name}],
                       "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
