@@ -198,7 +198,7 @@ impl Ledger {
         for namespace in namespaces {
             if base.quotas.contains_key(namespace) {
                 let quotas = self.namespace_quotas(base, namespace);
-                state.quotas.insert(namespace.to_string(), Arc::new(quotas));
+                state.quotas.insert(namespace.into(), Arc::new(quotas));
             }
         }
         state

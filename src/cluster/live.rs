@@ -70,7 +70,7 @@ impl Inner {
         };
         let mut effective = (*served).clone();
         effective.quotas.insert(
-            namespace.to_string(),
+            namespace.into(),
             Arc::new(self.ledger.namespace_quotas(&self.base, namespace)),
         );
         let effective = Arc::new(effective);
@@ -165,7 +165,7 @@ impl LiveCluster {
     ) -> Verdict {
         let mut inner = self.lock();
         // Most namespaces have no quota: skip converting the pod for them.
-        let charges = match inner.base.quotas.contains_key(&review.namespace) {
+        let charges = match inner.base.quotas.contains_key(review.namespace.as_str()) {
             true => {
                 let pod = review.object_json().unwrap_or_default();
                 charges(&inner.base, &review.namespace, &pod)
