@@ -420,6 +420,13 @@ pub fn run(args: &crate::cli::TestArgs) -> std::process::ExitCode {
         );
         return ExitCode::from(2);
     }
+    // What the server would log about the set as it is, where policy authors look first. A
+    // set that does not compile is reported by the tests themselves.
+    if let Ok(set) = policy_set(&base, &origin, None, backend) {
+        for hint in &set.hints {
+            println!("hint: {hint}");
+        }
+    }
     let mut tally = Tally::default();
     match crate::policy::rego_tests::run(&base, &rego_tests) {
         Err(e) => tally.broken(&format!("Rego tests: {e}")),

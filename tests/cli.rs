@@ -298,7 +298,8 @@ fn a_failing_rego_unit_test_fails_the_run() {
 }
 
 /// A policy that reads the shared helpers through a package import is slower on the VM; the
-/// admin finds out from `mlguard bench`, with the file, line and the imports to write instead.
+/// admin finds out from `mlguard bench` and `mlguard test`, with the file, line and the
+/// imports to write instead.
 #[test]
 fn bench_points_out_rules_read_through_a_package_import() {
     let slow = "package mlguard.policies.slow\n\nimport data.mlguard.lib.workload\nimport rego.v1\n\n\
@@ -326,4 +327,10 @@ fn bench_points_out_rules_read_through_a_package_import() {
         "{}",
         hints[0]
     );
+
+    // `mlguard test`, where policy authors look first, says the same.
+    let out = mlguard(&["test", "--policies", dir.path().to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.lines().any(|l| l == hints[0]), "{t}");
 }
