@@ -209,36 +209,57 @@ fn compare_messages(
     }
 }
 
-/// Loads policies, with an optional config overlay, from `base` files.
-fn policy_set(
-    base: &[SourceFile],
-    origin: &Origin,
-    overlay: Option<&Json>,
+/// The policy sets one policy directory yields under the case files' configuration
+/// overlays, each compiled once however many case files use it.
+pub struct PolicySets<'a> {
+    base: &'a [SourceFile],
+    origin: &'a Origin,
     backend: Backend,
-) -> Result<Arc<PolicySet>, String> {
-    let mut files = base.to_vec();
-    if let Some(overlay) = overlay {
-        // The overlay replaces values, so it is merged into one file that sorts last.
-        let mut merged = crate::policy::settings::build_config(base).map_err(|e| e.to_string())?;
-        merge(&mut merged, overlay.clone(), Merge::Override, "config")
-            .map_err(|e| e.to_string())?;
-        files.retain(|f| f.kind != FileKind::Data);
-        files.push(SourceFile {
-            name: "zz-case-config.json".into(),
-            kind: FileKind::Data,
-            text: merged.to_string(),
-        });
-    }
-    PolicySet::compile(files, origin.clone(), backend).map_err(|e| e.to_string())
+    compiled: BTreeMap<String, Arc<PolicySet>>,
 }
 
-/// Runs every case of one file against the policies in `base`.
-pub fn run_file(
-    path: &Path,
-    base: &[SourceFile],
-    origin: &Origin,
-    backend: Backend,
-) -> Result<Vec<Outcome>, String> {
+impl<'a> PolicySets<'a> {
+    pub fn new(base: &'a [SourceFile], origin: &'a Origin, backend: Backend) -> PolicySets<'a> {
+        PolicySets {
+            base,
+            origin,
+            backend,
+            compiled: BTreeMap::new(),
+        }
+    }
+
+    /// The set with `overlay` merged over its configuration.
+    pub fn get(&mut self, overlay: Option<&Json>) -> Result<Arc<PolicySet>, String> {
+        let key = overlay.map(Json::to_string).unwrap_or_default();
+        if let Some(set) = self.compiled.get(&key) {
+            return Ok(set.clone());
+        }
+        let set = self.compile(overlay)?;
+        self.compiled.insert(key, set.clone());
+        Ok(set)
+    }
+
+    fn compile(&self, overlay: Option<&Json>) -> Result<Arc<PolicySet>, String> {
+        let mut files = self.base.to_vec();
+        if let Some(overlay) = overlay {
+            // The overlay replaces values, so it is merged into one file that sorts last.
+            let mut merged =
+                crate::policy::settings::build_config(self.base).map_err(|e| e.to_string())?;
+            merge(&mut merged, overlay.clone(), Merge::Override, "config")
+                .map_err(|e| e.to_string())?;
+            files.retain(|f| f.kind != FileKind::Data);
+            files.push(SourceFile {
+                name: "zz-case-config.json".into(),
+                kind: FileKind::Data,
+                text: merged.to_string(),
+            });
+        }
+        PolicySet::compile(files, self.origin.clone(), self.backend).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs every case of one file against the policy sets of `sets`.
+pub fn run_file(path: &Path, sets: &mut PolicySets) -> Result<Vec<Outcome>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file: CaseFile =
         serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -250,7 +271,6 @@ pub fn run_file(
             .map_err(|e| e.to_string())
     };
     let file_cluster = load_cluster(&file.cluster)?;
-    let mut sets: BTreeMap<String, Arc<PolicySet>> = BTreeMap::new();
     let mut outcomes = Vec::new();
     for case in &file.cases {
         let mut failures = Vec::new();
@@ -266,15 +286,7 @@ pub fn run_file(
                     Some(c)
                 }
             };
-            let key = overlay.as_ref().map(Json::to_string).unwrap_or_default();
-            let set = match sets.get(&key) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = policy_set(base, origin, overlay.as_ref(), backend)?;
-                    sets.insert(key, s.clone());
-                    s
-                }
-            };
+            let set = sets.get(overlay.as_ref())?;
             let cluster = match &case.cluster {
                 Some(paths) => load_cluster(paths)?,
                 None => file_cluster.clone(),
@@ -420,9 +432,10 @@ pub fn run(args: &crate::cli::TestArgs) -> std::process::ExitCode {
         );
         return ExitCode::from(2);
     }
+    let mut sets = PolicySets::new(&base, &origin, backend);
     // What the server would log about the set as it is, where policy authors look first. A
-    // set that does not compile is reported by the tests themselves.
-    if let Ok(set) = policy_set(&base, &origin, None, backend) {
+    // set that does not compile is reported by the cases themselves.
+    if let Ok(set) = sets.get(None) {
         for hint in &set.hints {
             println!("hint: {hint}");
         }
@@ -437,7 +450,7 @@ pub fn run(args: &crate::cli::TestArgs) -> std::process::ExitCode {
         }
     }
     for file in &files {
-        match run_file(file, &base, &origin, backend) {
+        match run_file(file, &mut sets) {
             Err(e) => tally.broken(&e),
             Ok(outcomes) => {
                 for o in outcomes {

@@ -1,37 +1,45 @@
 //! `mlguard bench` as an admin runs it: the real binary on the review fixtures.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
-fn mlguard() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mlguard"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
+/// `mlguard bench --policies POLICIES ARGS...`, run from the repository root.
+fn bench<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(policies: &str, args: I) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlguard"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--policies", policies])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Standard output of a run that must have succeeded.
+fn stdout_of(out: Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[test]
 fn json_report_has_totals_reviews_and_policies() {
-    let out = mlguard()
-        .args([
-            "bench",
-            "--policies",
-            "benches/policies",
+    let out = bench(
+        "benches/policies",
+        [
             "-f",
             "tests/fixtures/reviews",
-        ])
-        .args([
             "--iterations",
             "3",
             "--concurrency",
             "2",
             "--output",
             "json",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&stdout_of(out)).unwrap();
     let fixtures =
         std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reviews"))
             .unwrap()
@@ -80,23 +88,11 @@ fn json_report_has_totals_reviews_and_policies() {
 
 #[test]
 fn text_report_names_every_policy() {
-    let out = mlguard()
-        .args([
-            "bench",
-            "--policies",
-            "benches/policies",
-            "-f",
-            "tests/fixtures/reviews/pod-gpu-job.json",
-        ])
-        .args(["-n", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = bench(
+        "benches/policies",
+        ["-f", "tests/fixtures/reviews/pod-gpu-job.json", "-n", "2"],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(stdout_of(out)).unwrap();
     for needle in [
         "reviews/s",
         "per review (whole pipeline)",
@@ -120,28 +116,20 @@ fn manifests_become_reviews() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    image: x\n    resources: {requests: {nvidia.com/gpu: 1}}\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: batch/v1, kind: Job, metadata: {name: j}, spec: {template: {spec: {containers: [{name: c, image: x}]}}}}\n",
     )
     .unwrap();
-    let out = mlguard()
-        .args([
-            "bench",
-            "--policies",
-            "benches/policies",
-            "-n",
-            "1",
-            "-o",
-            "json",
-            "--namespace",
-            "ml",
-        ])
-        .arg("-f")
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = bench(
+        "benches/policies",
+        [
+            OsStr::new("-n"),
+            OsStr::new("1"),
+            OsStr::new("-o"),
+            OsStr::new("json"),
+            OsStr::new("--namespace"),
+            OsStr::new("ml"),
+            OsStr::new("-f"),
+            manifest.as_os_str(),
+        ],
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&stdout_of(out)).unwrap();
     let names: Vec<&str> = r["reviews"]
         .as_array()
         .unwrap()
@@ -153,18 +141,7 @@ fn manifests_become_reviews() {
 
 #[test]
 fn unreadable_policies_exit_2() {
-    let out = mlguard()
-        .args([
-            "bench",
-            "--policies",
-            "/nonexistent",
-            "-f",
-            "tests/fixtures/reviews",
-            "-n",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let out = bench("/nonexistent", ["-f", "tests/fixtures/reviews", "-n", "1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mlguard::casefile::{collect, run_file};
+use mlguard::casefile::{collect, run_file, PolicySets};
 use mlguard::policy::source::{embedded, Origin};
 use mlguard::policy::Backend;
 
@@ -15,10 +15,11 @@ fn run(backend: Backend) -> Vec<String> {
     let dump = root.join("target/mutated-objects");
     std::fs::create_dir_all(&dump).unwrap();
     let base = embedded();
+    let mut sets = PolicySets::new(&base, &Origin::Embedded, backend);
     let mut failures = Vec::new();
     let mut count = 0;
     for file in files {
-        let outcomes = match run_file(&file, &base, &Origin::Embedded, backend) {
+        let outcomes = match run_file(&file, &mut sets) {
             Ok(o) => o,
             Err(e) => {
                 failures.push(e);

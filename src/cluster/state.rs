@@ -233,40 +233,31 @@ impl ClusterState {
         Some(Json::Array(list))
     }
 
-    /// The `data.mlguard.cluster` document.
-    pub fn to_json(&self) -> Json {
-        self.document(|j| j, |entries| Json::Object(entries.into_iter().collect()))
-    }
-
-    /// The same document as the policies' values. Built entry by entry: on a cluster of
-    /// thousands of nodes and namespaces, the whole document as one JSON tree first took three
-    /// times the memory of the result, on top of it.
+    /// The `data.mlguard.cluster` document, as the policies' values. Built entry by entry: on
+    /// a cluster of thousands of nodes and namespaces, the whole document as one JSON tree
+    /// first took three times the memory of the result, on top of it.
     pub fn to_value(&self) -> regorus::Value {
-        self.document(regorus::Value::from, |entries| {
-            regorus::Value::from(
+        use regorus::Value;
+        let object = |entries: Vec<(String, Value)>| {
+            Value::from(
                 entries
                     .into_iter()
-                    .map(|(k, v)| (regorus::Value::from(k), v))
+                    .map(|(k, v)| (Value::from(k), v))
                     .collect::<BTreeMap<_, _>>(),
             )
-        })
-    }
-
-    /// The document with each entry built as JSON and handed to `entry` at once, and every
-    /// object assembled by `object`.
-    fn document<V>(&self, entry: impl Fn(Json) -> V, object: impl Fn(Vec<(String, V)>) -> V) -> V {
+        };
         let namespaces = self
             .namespaces
             .iter()
             .map(|(k, n)| {
                 let doc = json!({"labels": n.labels, "annotations": n.annotations});
-                (k.clone(), entry(doc))
+                (k.clone(), Value::from(doc))
             })
             .collect();
         let quotas = self
             .quotas
             .keys()
-            .filter_map(|ns| Some((ns.to_string(), entry(self.namespace_quotas_json(ns)?))))
+            .filter_map(|ns| Some((ns.to_string(), Value::from(self.namespace_quotas_json(ns)?))))
             .collect();
         let nodes = self
             .nodes
@@ -274,19 +265,25 @@ impl ClusterState {
             .map(|(k, n)| {
                 let doc = json!({"labels": n.labels, "allocatable": numbers(&n.allocatable),
                                  "unschedulable": n.unschedulable});
-                (k.clone(), entry(doc))
+                (k.clone(), Value::from(doc))
             })
             .collect();
         object(vec![
             ("namespaces".into(), object(namespaces)),
             ("quotas".into(), object(quotas)),
             ("nodes".into(), object(nodes)),
-            ("node_count".into(), entry(json!(self.nodes.len()))),
+            ("node_count".into(), Value::from(self.nodes.len())),
             (
                 "largest_allocatable".into(),
-                entry(numbers(&self.largest_allocatable())),
+                Value::from(numbers(&self.largest_allocatable())),
             ),
         ])
+    }
+
+    /// The document as JSON, for tests to index.
+    #[cfg(test)]
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self.to_value()).expect("policy values are JSON")
     }
 }
 
@@ -340,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_values_are_the_json_document() {
+    fn node_scoped_quota_and_namespace_entries_reach_the_policies() {
         let mut s = ClusterState::default();
         s.add_quota(&rq(
             "metadata: {name: gpu, namespace: ml}\nspec: {hard: {requests.nvidia.com/gpu: '8'}, scopes: [NotTerminating]}\nstatus: {used: {requests.nvidia.com/gpu: '3'}}",
@@ -355,7 +352,16 @@ mod tests {
         )
         .unwrap();
         s.add_namespace(&ns);
-        assert_eq!(s.to_value(), regorus::Value::from(s.to_json()));
+        let v = s.to_value();
+        assert_eq!(
+            v["namespaces"]["ml"]["annotations"]["a"],
+            regorus::Value::from("b")
+        );
+        assert_eq!(
+            v["quotas"]["ml"][0]["scopes"][0]["scopeName"],
+            regorus::Value::from("NotTerminating")
+        );
+        assert_eq!(v["node_count"], regorus::Value::from(1u64));
         assert_eq!(
             s.to_value()["nodes"]["gpu-1"]["allocatable"]["nvidia.com/gpu"],
             regorus::Value::from(8u64)

@@ -361,7 +361,7 @@ pub fn spawn(
         loop {
             // A rebuild converts the whole state: about 0.2 s of CPU at 5,000 nodes and 10,000
             // namespaces, where quota and node status changes never stop. A window of at
-            // least twice the last rebuild keeps rebuilds under a third of a core however
+            // least twice the last rebuild keeps rebuilds to a third of a core however
             // busy the cluster; the state then trails it by a few hundred milliseconds, which
             // the quota reservations of admitted pods cover.
             let window = options.debounce.max(last_rebuild * 2);

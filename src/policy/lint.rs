@@ -166,9 +166,11 @@ fn rules_read_through(line: &str, alias: &str) -> Vec<String> {
             .chars()
             .take_while(|c| c.is_alphanumeric() || *c == '_')
             .collect();
-        let is_ident_start = !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+        // `other.workload.x` or `myworkload.x` is not the alias.
+        let alias_starts_here =
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
         let is_call = after[name.len()..].trim_start().starts_with('(');
-        if is_ident_start && !name.is_empty() && !is_call {
+        if alias_starts_here && !name.is_empty() && !is_call {
             found.push(name.clone());
         }
         rest = &after[name.len()..];
