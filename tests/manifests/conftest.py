@@ -46,6 +46,14 @@ def render(directory: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
+def copy_repo(into: Path) -> Path:
+    """Copy manifests/ and policies/ into `into`, keeping their places relative to each other
+    (manifests/common includes ../../policies), and return `into`."""
+    shutil.copytree(MANIFESTS, into / "manifests")
+    shutil.copytree(POLICIES, into / "policies")
+    return into
+
+
 class Rendered(list):
     """The objects of one rendered kustomization, with look-ups by kind and name."""
 
@@ -80,8 +88,7 @@ def overlay_certs() -> dict[str, str]:
 def no_cert_manager(tmp_path_factory, overlay_certs) -> Rendered:
     """The no-cert-manager overlay, rendered from a copy of manifests/ with certificate files
     in place, as after `mlguard certs --out manifests/overlays/no-cert-manager/certs`."""
-    copy = tmp_path_factory.mktemp("manifests") / "manifests"
-    shutil.copytree(MANIFESTS, copy)
+    copy = copy_repo(tmp_path_factory.mktemp("repo")) / "manifests"
     certs = copy / "overlays" / "no-cert-manager" / "certs"
     certs.mkdir(exist_ok=True)
     for name, content in overlay_certs.items():
