@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mlguard::admission;
-use mlguard::bench::{answer, read_reviews, Review};
-use mlguard::pipeline::Mode;
+use mlguard::admission::Mode;
 use mlguard::policy::source::Origin;
 use mlguard::policy::verdict::{decide, Enforcement};
 use mlguard::policy::{Backend, Evaluator, PolicySet, Stage};
+use mlguard::sim::{answer, read_reviews, Review};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -137,7 +137,7 @@ fn stages(c: &mut Criterion) {
     for r in &reviews {
         let parsed = admission::parse(&r.body).unwrap();
         for stage in STAGES {
-            let verdict = mlguard::pipeline::admit(&evaluator, &parsed, stage, Mode::Enforce);
+            let verdict = mlguard::admission::admit(&evaluator, &parsed, stage, Mode::Enforce);
             g.bench_function(format!("{}/{}", stage.as_str(), r.name), |b| {
                 b.iter(|| serde_json::to_vec(&parsed.reply(black_box(&verdict))).unwrap())
             });

@@ -1,6 +1,6 @@
 //! A bare TLS server on mlguard's own stack, for comparison in scripts/loadbench.sh: the same
 //! runtime, rustls configuration, certificate, accept loop and HTTP/1.1 settings as
-//! `mlguard serve` (it calls `server::serve_tls`), but the handlers take the body and answer a
+//! `mlguard serve` (it calls `serve::serve_tls`), but the handlers take the body and answer a
 //! fixed AdmissionReview without parsing anything. What mlguard adds on top of it is the cost
 //! of the review itself.
 //!
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         .route("/mutate", post(fixed))
         .route("/validate", post(fixed))
         .layer(axum::extract::DefaultBodyLimit::max(
-            mlguard::server::MAX_BODY_BYTES,
+            mlguard::serve::MAX_BODY_BYTES,
         ));
 
     tokio::runtime::Builder::new_multi_thread()
@@ -49,13 +49,12 @@ fn main() -> anyhow::Result<()> {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = mlguard::server::shutdown_signal() => {}
+                    _ = mlguard::serve::shutdown_signal() => {}
                     _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
                 }
                 let _ = stop_tx.send(true);
             });
-            mlguard::server::serve_tls(listener, tls, router, stop_rx, Duration::from_secs(2))
-                .await;
+            mlguard::serve::serve_tls(listener, tls, router, stop_rx, Duration::from_secs(2)).await;
             Ok(())
         })
 }

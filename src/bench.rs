@@ -6,140 +6,18 @@
 //! (parse, evaluate, decide, reply, serialize), once for `/mutate` and once for `/validate`.
 //! Then every policy is timed alone on the same reviews.
 
-use std::cell::Cell;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
-use crate::admission::{self, ReviewError};
+use crate::admission::{self, admit, Mode};
+use crate::alloc::{allocated, counting};
 use crate::cli::{BenchArgs, BenchOutput};
 use crate::cluster::{snapshot, ClusterState};
-use crate::pipeline::{admit, Mode};
 use crate::policy::{Evaluator, PolicySet, Stage};
-
-/// The webhook pipeline on one request body, without HTTP: what `/mutate` and `/validate`
-/// compute, from the body received to the body sent.
-pub fn answer(
-    evaluator: &Evaluator,
-    body: &[u8],
-    stage: Stage,
-    mode: Mode,
-) -> Result<Vec<u8>, ReviewError> {
-    let parsed = admission::parse(body)?;
-    let verdict = admit(evaluator, &parsed, stage, mode);
-    serde_json::to_vec(&parsed.reply(&verdict))
-        .map_err(|e| ReviewError::NotAReview(format!("reply not serializable: {e}")))
-}
-
-/// One request body of the workload.
-#[derive(Debug, Clone)]
-pub struct Review {
-    /// "Pod ml-team/train-0 (CREATE)", for the report.
-    pub name: String,
-    pub body: Vec<u8>,
-}
-
-/// Turns manifests into the reviews the API server would send on CREATE. Objects that are
-/// already AdmissionReviews are taken as they are.
-pub fn reviews_for(objects: &[Json], namespace: &str) -> Vec<Review> {
-    objects
-        .iter()
-        .enumerate()
-        .map(|(i, object)| {
-            let review = if object["kind"] == "AdmissionReview" {
-                object.clone()
-            } else {
-                let ns = object["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or(namespace);
-                crate::casefile::review_for(
-                    object,
-                    ns,
-                    "CREATE",
-                    None,
-                    false,
-                    &format!("bench-{i}"),
-                )
-            };
-            let request = &review["request"];
-            let object = if request["object"].is_object() {
-                &request["object"]
-            } else {
-                &request["oldObject"]
-            };
-            let name = object["metadata"]["name"]
-                .as_str()
-                .filter(|n| !n.is_empty())
-                .map(str::to_string)
-                .or_else(|| {
-                    object["metadata"]["generateName"]
-                        .as_str()
-                        .map(|g| format!("{g}*"))
-                })
-                .unwrap_or_else(|| "(unnamed)".into());
-            Review {
-                name: format!(
-                    "{} {}/{} ({})",
-                    request["kind"]["kind"].as_str().unwrap_or("?"),
-                    request["namespace"].as_str().unwrap_or(""),
-                    name,
-                    request["operation"].as_str().unwrap_or("?"),
-                ),
-                body: serde_json::to_vec(&review).unwrap_or_default(),
-            }
-        })
-        .collect()
-}
-
-/// mlguard's global allocator: mimalloc, counting heap allocations made on the current thread
-/// while `mlguard bench` measures (the check costs one relaxed load per allocation otherwise).
-/// mimalloc rather than the system allocator because a review is thousands of small, short-lived
-/// allocations (regorus values): malloc and free were a fifth of a review's CPU time.
-pub struct CountingAlloc;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    static ALLOCATED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-}
-
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        count(layout.size());
-        mimalloc::MiMalloc.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        mimalloc::MiMalloc.dealloc(ptr, layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        count(layout.size());
-        mimalloc::MiMalloc.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        count(new_size.saturating_sub(layout.size()));
-        mimalloc::MiMalloc.realloc(ptr, layout, new_size)
-    }
-}
-
-#[inline]
-fn count(bytes: usize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        let _ = ALLOCATED.try_with(|c| {
-            let (b, n) = c.get();
-            c.set((b + bytes as u64, n + 1));
-        });
-    }
-}
-
-/// Bytes and allocations made so far on this thread, while counting was on. Always zero when
-/// the running binary has not installed [`CountingAlloc`].
-fn allocated() -> (u64, u64) {
-    ALLOCATED.try_with(Cell::get).unwrap_or((0, 0))
-}
+use crate::sim::{answer, read_reviews, Review};
 
 /// Latency samples in nanoseconds and what they allocated.
 #[derive(Debug, Default, Clone)]
@@ -202,8 +80,6 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, (u64, u64)) {
     (out, elapsed, (after.0 - before.0, after.1 - before.1))
 }
 
-const STAGES: [Stage; 2] = [Stage::Mutate, Stage::Validate];
-
 /// The whole pipeline, `iterations` times over every review and stage, on `threads` threads.
 /// Returns the samples of all and of each review, and the wall time.
 fn run_pipeline(
@@ -223,7 +99,7 @@ fn run_pipeline(
                     // Iterations are dealt out to threads round-robin.
                     for _ in (t..iterations).step_by(threads) {
                         for (i, review) in reviews.iter().enumerate() {
-                            for stage in STAGES {
+                            for stage in Stage::ALL {
                                 let (result, elapsed, alloc) =
                                     timed(|| answer(evaluator, &review.body, stage, mode));
                                 samples[i].add(elapsed, alloc);
@@ -276,7 +152,7 @@ fn run_policies(evaluator: &Evaluator, reviews: &[Review], iterations: usize) ->
                 if !policy.settings.applies_to(&review.operation) {
                     continue;
                 }
-                for stage in STAGES {
+                for stage in Stage::ALL {
                     let (out, elapsed, alloc) =
                         timed(|| evaluator.evaluate_policy(review.request(), stage, &policy.name));
                     samples.add(elapsed, alloc);
@@ -319,12 +195,9 @@ fn outcomes(evaluator: &Evaluator, review: &Review, mode: Mode) -> Json {
         Err(e) => json!({ "error": e.to_string() }),
         Ok(parsed) => {
             let mut out = serde_json::Map::new();
-            for stage in STAGES {
+            for stage in Stage::ALL {
                 let verdict = admit(evaluator, &parsed, stage, mode);
-                out.insert(
-                    stage.as_str().into(),
-                    json!(crate::metrics::outcome(&verdict)),
-                );
+                out.insert(stage.as_str().into(), json!(verdict.outcome()));
             }
             Json::Object(out)
         }
@@ -343,20 +216,6 @@ fn memory_kib() -> (Option<u64>, Option<u64>) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// The reviews for manifests or AdmissionReview files under `paths`.
-pub fn read_reviews(paths: &[PathBuf], namespace: &str) -> Result<Vec<Review>, String> {
-    // The same reader as `mlguard audit`: directories walked, `-` for standard input.
-    let objects: Vec<Json> = crate::audit::input::read(paths)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|(_, object)| object)
-        .collect();
-    if objects.is_empty() {
-        return Err(format!("no Kubernetes objects in {paths:?}"));
-    }
-    Ok(reviews_for(&objects, namespace))
-}
-
 /// Everything the report says, as JSON (`--output json` prints it as is).
 pub fn measure(args: &BenchArgs) -> Result<Json, String> {
     let (origin, backend) = crate::config::policy_origin(&args.policy);
@@ -369,17 +228,17 @@ pub fn measure(args: &BenchArgs) -> Result<Json, String> {
     let cluster: ClusterState = cluster.map_err(|e| e.to_string())?;
     let evaluator = Evaluator::new(set.clone(), Arc::new(cluster)).map_err(|e| e.to_string())?;
     let reviews = read_reviews(&args.files, &args.namespace)?;
-    let mode = Mode::from(args.mode);
+    let mode = args.mode;
     let iterations = args.iterations.max(1);
     let threads = args.concurrency.max(1);
 
     // One untimed pass warms the VMs of the threads and the caches.
     let _ = run_pipeline(&evaluator, &reviews, mode, threads, threads);
-    COUNTING.store(true, Ordering::Relaxed);
+    counting(true);
     let (mut all, by_review, wall, errors) =
         run_pipeline(&evaluator, &reviews, mode, iterations, threads);
     let policies = run_policies(&evaluator, &reviews, iterations);
-    COUNTING.store(false, Ordering::Relaxed);
+    counting(false);
     let (peak_kib, rss_kib) = memory_kib();
 
     let per_review: Vec<Json> = reviews

@@ -12,8 +12,12 @@ use rcgen::{
 pub enum CertError {
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("{path}: {message}")]
-    Io { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// PEM text of a CA and a serving certificate signed by it.
@@ -91,9 +95,9 @@ pub fn generate(
 }
 
 fn write_file(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
-    let io = |e: std::io::Error| CertError::Io {
+    let io = |source: std::io::Error| CertError::Io {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     };
     std::fs::write(path, text).map_err(io)?;
     #[cfg(unix)]
@@ -108,9 +112,9 @@ fn write_file(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` into `dir`, as a kubernetes.io/tls Secret holds them.
 pub fn write(dir: &Path, bundle: &CertBundle) -> Result<(), CertError> {
-    std::fs::create_dir_all(dir).map_err(|e| CertError::Io {
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_path_buf(),
-        message: e.to_string(),
+        source,
     })?;
     write_file(&dir.join("ca.crt"), &bundle.ca_pem, false)?;
     write_file(&dir.join("tls.crt"), &bundle.cert_pem, false)?;

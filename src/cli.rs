@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::admission::Mode;
+
 #[derive(Debug, Parser)]
 #[command(name = "mlguard", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MLGUARD_GIT_COMMIT"), ")"),
           about = "Kubernetes admission webhook for ML and GPU workloads, with policies in Rego")]
@@ -29,13 +31,6 @@ pub struct LogArgs {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum ModeArg {
-    Enforce,
-    Warn,
-    Dryrun,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -119,8 +114,8 @@ pub struct ServeArgs {
     #[arg(long, env = "MLGUARD_QUOTA_RESERVATION_TTL", default_value_t = 30.0)]
     pub quota_reservation_ttl: f64,
     /// Caps every policy's enforcement action: enforce (as configured), warn or dryrun.
-    #[arg(long, env = "MLGUARD_MODE", value_enum, default_value_t = ModeArg::Enforce)]
-    pub mode: ModeArg,
+    #[arg(long, env = "MLGUARD_MODE", value_enum, default_value_t = Mode::Enforce)]
+    pub mode: Mode,
     /// How often certificate and policy files are checked for changes, in seconds.
     #[arg(long, env = "MLGUARD_RELOAD_INTERVAL", default_value_t = 2.0)]
     pub reload_interval: f64,
@@ -180,8 +175,8 @@ pub struct AuditArgs {
     #[arg(long)]
     pub show_patched: bool,
     /// Caps every policy's enforcement action, as `serve --mode` does.
-    #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Enforce)]
+    pub mode: Mode,
 }
 
 #[derive(Debug, Args)]
@@ -220,8 +215,8 @@ pub struct BenchArgs {
     #[arg(long, short = 'c', default_value_t = 1)]
     pub concurrency: usize,
     /// Caps every policy's enforcement action, as `serve --mode` does.
-    #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Enforce)]
+    pub mode: Mode,
     /// Report format.
     #[arg(long, short = 'o', value_enum, default_value_t = BenchOutput::Text)]
     pub output: BenchOutput,

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{ClusterStateArg, EvaluatorArg, ModeArg, PolicyArgs, ServeArgs};
-use crate::pipeline::Mode;
+use crate::admission::Mode;
+use crate::cli::{ClusterStateArg, EvaluatorArg, PolicyArgs, ServeArgs};
 use crate::policy::source::Origin;
 use crate::policy::Backend;
 
@@ -109,16 +109,6 @@ pub fn cluster_source(
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Mode {
-        match m {
-            ModeArg::Enforce => Mode::Enforce,
-            ModeArg::Warn => Mode::Warn,
-            ModeArg::Dryrun => Mode::Dryrun,
-        }
-    }
-}
-
 pub fn policy_origin(args: &PolicyArgs) -> (Origin, Backend) {
     let origin = args
         .policies
@@ -176,7 +166,7 @@ impl ServeConfig {
             backend,
             cluster_snapshots: args.cluster_snapshot.clone(),
             live_cluster,
-            mode: args.mode.into(),
+            mode: args.mode,
             reload_interval: seconds("--reload-interval", args.reload_interval, 0.05)?,
             shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout, 0.0)?,
             max_concurrent: args.max_concurrent,

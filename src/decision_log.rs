@@ -23,7 +23,7 @@ pub fn log(
             })
         })
         .collect();
-    let decision = crate::metrics::outcome(verdict);
+    let decision = verdict.outcome();
     let patch_ops = verdict.patch.as_ref().map_or(0, |p| p.ops.len());
     tracing::info!(
         target: "mlguard::decision",

@@ -8,7 +8,7 @@ use mlguard::cli::{Cli, Command};
 
 /// mimalloc, counting allocations only while `mlguard bench` measures.
 #[global_allocator]
-static ALLOC: mlguard::bench::CountingAlloc = mlguard::bench::CountingAlloc;
+static ALLOC: mlguard::alloc::CountingAlloc = mlguard::alloc::CountingAlloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,9 +32,8 @@ fn serve(args: mlguard::cli::ServeArgs) -> ExitCode {
     };
     report(runtime.block_on(async move {
         let config = mlguard::config::ServeConfig::from_args(&args)?;
-        let listeners =
-            mlguard::server::Listeners::bind(config.listen, config.probe_listen).await?;
-        mlguard::server::run(config, listeners, mlguard::server::shutdown_signal()).await?;
+        let listeners = mlguard::serve::Listeners::bind(config.listen, config.probe_listen).await?;
+        mlguard::serve::run(config, listeners, mlguard::serve::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     }))
 }

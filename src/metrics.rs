@@ -234,7 +234,7 @@ impl Metrics {
                 endpoint: endpoint.into(),
                 kind: kind.into(),
                 operation: operation.into(),
-                outcome: outcome(verdict).into(),
+                outcome: verdict.outcome().into(),
             })
             .inc();
         self.duration
@@ -286,20 +286,5 @@ impl Metrics {
                 endpoint: endpoint.into(),
             })
             .observe(seconds);
-    }
-}
-
-/// The outcome label of a verdict: the most important thing that happened.
-pub fn outcome(v: &Verdict) -> &'static str {
-    if v.had_error {
-        "error"
-    } else if !v.allowed {
-        "denied"
-    } else if v.patched() {
-        "patched"
-    } else if !v.warnings.is_empty() {
-        "warned"
-    } else {
-        "allowed"
     }
 }

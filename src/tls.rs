@@ -13,10 +13,14 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {message}")]
-    Read { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("certificate: {0}")]
     Certificate(String),
     #[error("private key: {0}")]
@@ -101,9 +105,9 @@ pub fn inspect_pem(cert_pem: &str, key_pem: &str) -> Result<CertInfo, TlsError> 
 /// Reads both files; they are read together so a half-rotated pair is caught by the match check.
 pub fn read_pair(cert: &Path, key: &Path) -> Result<(String, String), TlsError> {
     let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| TlsError::Read {
+        std::fs::read_to_string(p).map_err(|source| TlsError::Read {
             path: p.to_path_buf(),
-            message: e.to_string(),
+            source,
         })
     };
     Ok((read(cert)?, read(key)?))

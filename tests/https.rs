@@ -186,7 +186,7 @@ async fn bad_requests_get_clear_4xx_answers_and_the_server_keeps_serving() {
     assert_eq!(status, 415);
 
     let mut huge = fixture("gpu-job.json");
-    huge.resize(mlguard::server::MAX_BODY_BYTES + 1, b' ');
+    huge.resize(mlguard::serve::MAX_BODY_BYTES + 1, b' ');
     let mut fresh = Conn::open(s.server.webhook, trusting(&s.ca)).await.unwrap();
     let (status, _) = fresh.post("/mutate", json_type, huge).await;
     assert_eq!(status, 413);

@@ -10,12 +10,12 @@ use base64::Engine as _;
 use serde_json::{json, Value as Json};
 use tower::ServiceExt;
 
-use mlguard::casefile::review_for;
+use mlguard::admission::Mode;
 use mlguard::cluster::{snapshot, ClusterState};
-use mlguard::pipeline::Mode;
 use mlguard::policy::source::{FileKind, Origin, SourceFile};
 use mlguard::policy::{Backend, Evaluator, PolicySet};
-use mlguard::server::{webhook_router, AppState};
+use mlguard::serve::Webhook;
+use mlguard::sim::review_for;
 
 const QUOTA: &str = r#"package mlguard.policies.quota
 
@@ -70,7 +70,7 @@ kind: Namespace
 metadata: {name: trial-ns, labels: {stage: trial}}
 "#;
 
-fn state(mode: Mode) -> Arc<AppState> {
+fn state(mode: Mode) -> Arc<Webhook> {
     decision_log();
     let file = |name: &str, kind, text: &str| SourceFile {
         name: name.into(),
@@ -86,7 +86,12 @@ fn state(mode: Mode) -> Arc<AppState> {
     let set = PolicySet::compile(files, Origin::Embedded, Backend::Vm).unwrap();
     let mut cluster = ClusterState::default();
     snapshot::add_text(&mut cluster, std::path::Path::new("cluster.yaml"), CLUSTER).unwrap();
-    AppState::new(Evaluator::new(set, Arc::new(cluster)).unwrap(), mode, 4)
+    Arc::new(Webhook::new(
+        Evaluator::new(set, Arc::new(cluster)).unwrap(),
+        mode,
+        4,
+        None,
+    ))
 }
 
 fn pod(labels: Json) -> Json {
@@ -97,7 +102,7 @@ fn pod(labels: Json) -> Json {
 
 /// POSTs a review of `object` in `namespace` to `endpoint`; returns the `response`.
 async fn call(
-    state: &Arc<AppState>,
+    state: &Arc<Webhook>,
     endpoint: &str,
     object: &Json,
     namespace: &str,
@@ -108,10 +113,7 @@ async fn call(
         .header("content-type", "application/json")
         .body(Body::from(serde_json::to_vec(&body).unwrap()))
         .unwrap();
-    let reply = webhook_router(state.clone())
-        .oneshot(request)
-        .await
-        .unwrap();
+    let reply = state.webhook_router().oneshot(request).await.unwrap();
     assert_eq!(
         reply.status(),
         StatusCode::OK,
@@ -127,7 +129,7 @@ async fn call(
 }
 
 /// /validate for a pod with `labels` in `namespace`.
-async fn validate(state: &Arc<AppState>, labels: Json, namespace: &str) -> Json {
+async fn validate(state: &Arc<Webhook>, labels: Json, namespace: &str) -> Json {
     call(state, "/validate", &pod(labels), namespace, false).await
 }
 

@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mlguard::bench::answer;
-use mlguard::pipeline::Mode;
+use mlguard::admission::Mode;
 use mlguard::policy::source::Origin;
 use mlguard::policy::{Backend, Evaluator, PolicySet, Stage};
+use mlguard::sim::answer;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

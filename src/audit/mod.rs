@@ -1,16 +1,15 @@
 //! `mlguard audit`: manifests in, a report of what the API server would do with them out.
 //!
-//! - `input` reads files, directories and standard input into documents;
+//! - `crate::sim::manifests` reads files, directories and standard input into documents;
 //! - `objects` turns each document into what the API server would admit for it: the Pod or
 //!   Job itself, or the pods (and Jobs) a workload's controller would create;
-//! - this module runs each through [`crate::casefile::simulate`] (mutate, apply the patch,
+//! - this module runs each through [`crate::sim::simulate`] (mutate, apply the patch,
 //!   validate the mutated object) on all cores, with one evaluator built once;
 //! - `report` renders the result as text, JSON or JUnit XML.
 //!
 //! Exit status: 0 when nothing would be denied, 1 when something would be, 2 when the audit
 //! cannot run (unreadable or invalid file, bad policies or cluster snapshot).
 
-pub mod input;
 pub mod objects;
 pub mod report;
 
@@ -22,10 +21,10 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use crate::casefile::simulate;
+use crate::admission::{object_name, Mode};
 use crate::cluster::snapshot;
-use crate::pipeline::Mode;
 use crate::policy::{Evaluator, PolicySet};
+use crate::sim::{manifests, simulate};
 use objects::{Identity, Manifest, Plan, Source};
 
 /// What happened to one manifest object, from most to least serious.
@@ -181,8 +180,8 @@ impl Report {
     }
 }
 
-/// Admits `object` in `namespace` as the API server would on CREATE.
-fn admit(
+/// What the API server does with `object` in `namespace` on CREATE.
+fn simulate_create(
     evaluator: &Evaluator,
     object: &Json,
     namespace: &str,
@@ -196,30 +195,20 @@ fn admit(
         .flat_map(|p| &p.ops)
         .map(|(policy, op)| Change {
             policy: policy.clone(),
-            op: op.clone(),
+            op: crate::policy::patch::op_json(op),
         })
         .collect();
-    let both = |f: fn(&crate::policy::verdict::Verdict) -> &Vec<String>| -> Vec<String> {
-        f(&sim.mutate)
-            .iter()
-            .chain(f(&sim.validate))
-            .cloned()
-            .collect()
-    };
     Ok(Admission {
         kind: object["kind"].as_str().unwrap_or("").to_string(),
         namespace: namespace.to_string(),
-        name: match object["metadata"]["name"].as_str() {
-            Some(n) if !n.is_empty() => n.to_string(),
-            _ => format!(
-                "{}*",
-                object["metadata"]["generateName"].as_str().unwrap_or("")
-            ),
-        },
-        denials: both(|v| &v.denials),
-        warnings: both(|v| &v.warnings),
-        would_deny: both(|v| &v.would_deny),
-        would_patch: both(|v| &v.would_patch),
+        name: object_name(
+            object["metadata"]["name"].as_str().unwrap_or(""),
+            object["metadata"]["generateName"].as_str().unwrap_or(""),
+        ),
+        denials: sim.both(|v| &v.denials),
+        warnings: sim.both(|v| &v.warnings),
+        would_deny: sim.both(|v| &v.would_deny),
+        would_patch: sim.both(|v| &v.would_patch),
         patched: (!patch.is_empty()).then_some(sim.mutated),
         patch,
         repatch: sim.second_patch,
@@ -257,10 +246,12 @@ fn admissions(
 ) -> Result<Vec<Admission>, String> {
     let ns = id.namespace.as_str();
     match plan {
-        Plan::Pod(pod) | Plan::Template(pod) => Ok(vec![admit(evaluator, pod, ns, mode)?]),
+        Plan::Pod(pod) | Plan::Template(pod) => {
+            Ok(vec![simulate_create(evaluator, pod, ns, mode)?])
+        }
         Plan::Running(object) => {
             let credited = credited(evaluator, object, ns)?;
-            Ok(vec![admit(
+            Ok(vec![simulate_create(
                 credited.as_ref().unwrap_or(evaluator),
                 object,
                 ns,
@@ -268,12 +259,12 @@ fn admissions(
             )?])
         }
         Plan::Job(job) => {
-            let first = admit(evaluator, job, ns, mode)?;
+            let first = simulate_create(evaluator, job, ns, mode)?;
             let stored = first.patched.as_ref().unwrap_or(job);
             let pod = objects::pod_of_job(stored);
             let mut out = vec![first];
             if let Some(pod) = pod {
-                out.push(admit(evaluator, &pod, ns, mode)?);
+                out.push(simulate_create(evaluator, &pod, ns, mode)?);
             }
             Ok(out)
         }
@@ -449,7 +440,7 @@ fn show_progress(done: usize, total: usize) {
 const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
-    let documents = input::read(&args.files).map_err(|e| e.to_string())?;
+    let documents = manifests::read(&args.files).map_err(|e| e.to_string())?;
     let (origin, backend) = crate::config::policy_origin(&args.policy);
     let set = PolicySet::load(origin, backend).map_err(|e| format!("policies: {e}"))?;
     let audit_running_workloads = args.cluster && args.files.is_empty();
@@ -475,7 +466,7 @@ fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
     } else {
         &|_, _| {}
     };
-    let mode = args.mode.into();
+    let mode = args.mode;
     if audit_running_workloads {
         return Ok(audit_running(&evaluator, running, mode, threads, progress));
     }

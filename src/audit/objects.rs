@@ -5,19 +5,8 @@
 
 use serde_json::{json, Map, Value as Json};
 
-/// Where a manifest object came from: its file and its 1-based position in that file (the
-/// items of a `List` count one each).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Source {
-    pub file: String,
-    pub index: usize,
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}#{}", self.file, self.index)
-    }
-}
+use crate::admission::object_name;
+pub use crate::sim::manifests::Source;
 
 /// A manifest object's identity, as written (namespace filled from `--namespace`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,13 +55,10 @@ fn text<'a>(v: &'a Json, pointer: &str) -> &'a str {
 }
 
 fn display_name(object: &Json) -> String {
-    match text(object, "/metadata/name") {
-        "" => match text(object, "/metadata/generateName") {
-            "" => String::new(),
-            g => format!("{g}*"),
-        },
-        n => n.to_string(),
-    }
+    object_name(
+        text(object, "/metadata/name"),
+        text(object, "/metadata/generateName"),
+    )
 }
 
 /// Sorts one manifest document into what the API server would admit for it.

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde_json::{json, Value as Json};
 
 use super::{Admission, Change, ObjectReport, Report, Status, Summary};
-use crate::pipeline::Mode;
+use crate::admission::Mode;
 
 /// Version of the JSON report's shape (docs/audit.md); bumped on any incompatible change.
 pub const JSON_SCHEMA_VERSION: u32 = 1;

@@ -20,12 +20,20 @@ use super::ClusterState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
+    #[error("Kubernetes client configuration: {}: {source}", path.display())]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
     #[error("Kubernetes client configuration: {0}")]
-    Config(String),
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("Kubernetes client configuration: {0}")]
+    Client(#[source] kube::Error),
     #[error("the API server did not answer within {0:?}")]
     Timeout(std::time::Duration),
     #[error("cannot start an async runtime: {0}")]
-    Runtime(String),
+    Runtime(#[source] std::io::Error),
     #[error("cannot list {what}: {source}")]
     List {
         what: &'static str,
@@ -39,15 +47,16 @@ pub enum ListError {
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ListError> {
     let config = match kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .map_err(|e| ListError::Config(format!("{}: {e}", path.display())))?;
+            let kubeconfig = |source| ListError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(kubeconfig)?;
             kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| ListError::Config(format!("{}: {e}", path.display())))?
+                .map_err(kubeconfig)?
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| ListError::Config(e.to_string()))?,
+        None => kube::Config::infer().await.map_err(ListError::Infer)?,
     };
     client_from_config(config)
 }
@@ -57,7 +66,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ListError> {
 /// watch task; the watchers retry with their own backoff and say so.
 pub fn client_from_config(mut config: kube::Config) -> Result<Client, ListError> {
     config.default_retry = false;
-    Client::try_from(config).map_err(|e| ListError::Config(e.to_string()))
+    Client::try_from(config).map_err(ListError::Client)
 }
 
 /// Pages through a list, 500 objects at a time as kubectl does.
@@ -173,7 +182,7 @@ pub fn read_blocking(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ListError::Runtime(e.to_string()))?;
+        .map_err(ListError::Runtime)?;
     runtime.block_on(async {
         let read = async {
             let client = client(kubeconfig).await?;

@@ -5,16 +5,17 @@
 //! - `snapshot`: the state from YAML files; `list`: the state (and workloads) read once live;
 //! - `watch`: kube reflectors that keep the state current;
 //! - `usage` and `ledger`: what a pod is charged against quotas, and reservations for pods
-//!   admitted but not yet shown in the quota status; `live` joins them to the request path.
+//!   admitted but not yet shown in the quota status (the server's quota coordinator joins
+//!   them to the request path).
+//!
+//! Plain data and watches: nothing here imports from the policy engine or the server.
 
 pub mod ledger;
 pub mod list;
-pub mod live;
 pub mod quantity;
 pub mod snapshot;
 pub mod state;
 pub mod usage;
 pub mod watch;
 
-pub use live::LiveCluster;
 pub use state::ClusterState;

@@ -11,8 +11,14 @@ use super::ClusterState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    #[error("cluster snapshot {path}: {source} (check the --cluster-snapshot path)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cluster snapshot {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Parse { path: PathBuf, message: String },
     #[error("cluster snapshot {path}: {message}")]
     Object { path: PathBuf, message: String },
 }
@@ -54,7 +60,7 @@ fn flatten(value: Json, out: &mut Vec<Json>) {
 /// Adds every ResourceQuota, Node and Namespace in `text` to `state`; other kinds are skipped
 /// (a full `kubectl get all -o yaml` is fine). Returns how many objects were used.
 pub fn add_text(state: &mut ClusterState, path: &Path, text: &str) -> Result<usize, SnapshotError> {
-    let objects = parse_objects(text).map_err(|message| SnapshotError::Read {
+    let objects = parse_objects(text).map_err(|message| SnapshotError::Parse {
         path: path.to_path_buf(),
         message,
     })?;
@@ -88,9 +94,9 @@ pub fn add_text(state: &mut ClusterState, path: &Path, text: &str) -> Result<usi
 pub fn load(paths: &[PathBuf]) -> Result<ClusterState, SnapshotError> {
     let mut state = ClusterState::default();
     for path in paths {
-        let text = std::fs::read_to_string(path).map_err(|e| SnapshotError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Read {
             path: path.clone(),
-            message: format!("{e} (check the --cluster-snapshot path)"),
+            source,
         })?;
         add_text(&mut state, path, &text)?;
     }

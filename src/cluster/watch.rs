@@ -6,8 +6,9 @@
 //!   events arrived, so a storm of node updates costs one rebuild per window. A rebuild that
 //!   yields the same state swaps nothing.
 //! - Rebuilds run on the blocking pool, never on the request path nor on the async workers
-//!   that answer reviews, and are swapped in atomically (through [`LiveCluster`], which adds
-//!   the quota reservations of recently admitted pods).
+//!   that answer reviews, and are handed to a [`ClusterSink`]: the server's quota coordinator,
+//!   which adds the quota reservations of recently admitted pods and swaps the result in
+//!   atomically. The watch task knows nothing else of the server.
 //! - Readiness waits for the first complete list of all three kinds.
 //! - When the API server becomes unreachable, the watchers retry with backoff while mlguard
 //!   keeps serving the last known state; it logs that, and the
@@ -15,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,9 +30,21 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
-use super::live::LiveCluster;
 use super::ClusterState;
-use crate::server::AppState;
+
+/// Where the watch task delivers what it learns. The server implements it (its quota
+/// coordinator); tests implement it to watch the task alone.
+pub trait ClusterSink: Send + Sync + 'static {
+    /// A state freshly built from the watch caches. The first one means the caches synced.
+    fn publish(&self, state: ClusterState, now: Instant);
+    /// Called every tick, for what expires with time (quota reservations).
+    fn tick(&self, now: Instant);
+    /// The state is current: every kind is synced and no watch is failing, at `unix_now`.
+    fn fresh(&self, unix_now: i64);
+    /// Seconds since the state was last current, for the warning while the API server is
+    /// unreachable.
+    fn age_seconds(&self) -> Option<i64>;
+}
 
 /// Timings of the watch task. The defaults suit a cluster; tests shorten them.
 #[derive(Debug, Clone)]
@@ -211,12 +223,12 @@ struct KindHealth {
 
 /// Per-kind sync and failure tracking, and the messages that go with state changes.
 #[derive(Debug, Default)]
-struct Health {
+struct WatchHealth {
     kinds: BTreeMap<Kind, KindHealth>,
     last_stale_warning: Option<Instant>,
 }
 
-impl Health {
+impl WatchHealth {
     fn all_synced(&self) -> bool {
         self.kinds.len() == 3 && self.kinds.values().all(|k| k.synced)
     }
@@ -271,7 +283,7 @@ impl Health {
         }
     }
 
-    fn warn_if_stale(&mut self, app: &AppState, options: &WatchOptions, now: Instant) {
+    fn warn_if_stale(&mut self, sink: &dyn ClusterSink, options: &WatchOptions, now: Instant) {
         let Some(since) = self.failing_since() else {
             self.last_stale_warning = None;
             return;
@@ -290,7 +302,7 @@ impl Health {
             .map(|(kind, k)| format!("{}: {}", kind.as_str(), k.error))
             .collect();
         tracing::warn!(
-            state_age_seconds = app.metrics.cluster_state_age().unwrap_or(0),
+            state_age_seconds = sink.age_seconds().unwrap_or(0),
             failing_for_seconds = now.duration_since(since).as_secs(),
             ?errors,
             synced = self.all_synced(),
@@ -299,33 +311,14 @@ impl Health {
     }
 }
 
-/// Turns on live cluster state for `app`: quota reservations for admitted pods (kept at most
-/// `reservation_ttl`) and the watch task. Returns the shared state, for tests and /status.
-pub fn start(
-    client: Client,
-    app: Arc<AppState>,
-    reservation_ttl: Duration,
-    options: WatchOptions,
-    stop: signal::Receiver<bool>,
-) -> Arc<LiveCluster> {
-    let live = app
-        .live
-        .get_or_init(|| LiveCluster::new(reservation_ttl))
-        .clone();
-    spawn(client, app, live.clone(), options, stop);
-    live
-}
-
-/// Watches quotas, nodes and namespaces with `client` and keeps `app`'s cluster state current
-/// until `stop` fires. `app.health.cluster_synced` turns true after the first full sync.
+/// Watches quotas, nodes and namespaces with `client` and hands each rebuilt state to `sink`
+/// until `stop` fires.
 pub fn spawn(
     client: Client,
-    app: Arc<AppState>,
-    live: Arc<LiveCluster>,
+    sink: Arc<dyn ClusterSink>,
     options: WatchOptions,
     mut stop: signal::Receiver<bool>,
 ) -> JoinHandle<()> {
-    app.health.cluster_synced.store(false, Ordering::Relaxed);
     let (quotas, quota_writer) = reflector::store::<ResourceQuota>();
     let (nodes, node_writer) = reflector::store::<Node>();
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
@@ -353,7 +346,8 @@ pub fn spawn(
         ),
     ]);
     tokio::spawn(async move {
-        let mut health = Health::default();
+        let mut health = WatchHealth::default();
+        let mut synced_once = false;
         let mut dirty_since: Option<Instant> = None;
         let mut problems: Vec<String> = Vec::new();
         let mut next_tick = Instant::now() + options.tick;
@@ -385,19 +379,23 @@ pub fn spawn(
             if let Some(t) = dirty_since {
                 if health.all_synced() && now >= t + window {
                     dirty_since = None;
-                    let (app, live) = (app.clone(), live.clone());
+                    let sink = sink.clone();
                     let stores = (quotas.clone(), nodes.clone(), namespaces.clone());
                     let mut known = std::mem::take(&mut problems);
+                    let first = !synced_once;
                     // Milliseconds to a fraction of a second of CPU: off the async workers,
                     // which answer reviews meanwhile.
                     let job = tokio::task::spawn_blocking(move || {
                         rebuild(
-                            &app, &live, &stores.0, &stores.1, &stores.2, &mut known, now,
+                            &*sink, &stores.0, &stores.1, &stores.2, &mut known, first, now,
                         );
                         known
                     });
                     match job.await {
-                        Ok(known) => problems = known,
+                        Ok(known) => {
+                            problems = known;
+                            synced_once = true;
+                        }
                         Err(e) => tracing::error!(error = %e,
                             "cluster state rebuild failed; the previous state keeps serving"),
                     }
@@ -406,24 +404,26 @@ pub fn spawn(
             }
             if now >= next_tick {
                 next_tick = now + options.tick;
-                live.settle(&app, now);
+                sink.tick(now);
                 if health.all_synced() && health.failing_since().is_none() {
-                    app.metrics.cluster_state_updated(crate::tls::now());
+                    sink.fresh(crate::tls::now());
                 }
-                health.warn_if_stale(&app, &options, now);
+                health.warn_if_stale(&*sink, &options, now);
             }
         }
         tracing::debug!("cluster watch stopped");
     })
 }
 
+/// Builds the state from the caches and hands it to `sink`. `first` is the first rebuild
+/// since the watch started: the caches have synced.
 fn rebuild(
-    app: &AppState,
-    live: &LiveCluster,
+    sink: &dyn ClusterSink,
     quotas: &Store<ResourceQuota>,
     nodes: &Store<Node>,
     namespaces: &Store<Namespace>,
     problems: &mut Vec<String>,
+    first: bool,
     now: Instant,
 ) {
     let state = build_state(&quotas.state(), &nodes.state(), &namespaces.state());
@@ -438,9 +438,9 @@ fn rebuild(
         state.quota_count(),
         state.nodes.len(),
     );
-    live.publish(app, state, now);
-    app.metrics.cluster_state_updated(crate::tls::now());
-    if !app.health.cluster_synced.swap(true, Ordering::Relaxed) {
+    sink.publish(state, now);
+    sink.fresh(crate::tls::now());
+    if first {
         tracing::info!(
             namespaces = counts.0,
             quotas = counts.1,
@@ -478,7 +478,7 @@ mod tests {
     #[test]
     fn health_waits_for_all_kinds_and_tracks_failures() {
         let now = Instant::now();
-        let mut h = Health::default();
+        let mut h = WatchHealth::default();
         assert!(!h.record(Kind::Node, Signal::Listing, now));
         assert!(h.record(Kind::Node, Signal::Synced, now));
         assert!(h.record(Kind::Namespace, Signal::Synced, now));

@@ -7,140 +7,15 @@ use std::sync::Arc;
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
 use regorus::{Engine, Value};
-use sha2::{Digest, Sha256};
 
-use super::eval::Stage;
-use super::settings::{build_config, policy_settings, PolicySettings};
+use super::data::document;
+use super::limits::eval_time_limit;
+use super::set::{digest, Backend, Policy, PolicySet, RuleKind, Stage, POLICY_PACKAGE_PREFIX};
+use super::settings::{build_config, policy_settings};
 use super::source::{FileKind, Origin, SourceFile};
-use super::{lint, PolicyError};
-
-pub const POLICY_PACKAGE_PREFIX: &str = "data.mlguard.policies.";
-
-/// The rules a policy package may define.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RuleKind {
-    Deny,
-    Warn,
-    Patch,
-}
-
-impl RuleKind {
-    pub const ALL: [RuleKind; 3] = [RuleKind::Deny, RuleKind::Warn, RuleKind::Patch];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuleKind::Deny => "deny",
-            RuleKind::Warn => "warn",
-            RuleKind::Patch => "patch",
-        }
-    }
-}
-
-/// How policies are evaluated. The bytecode VM is several times faster; the tree-walking
-/// interpreter covers every Rego construct, so it is the fallback when an admin's policy uses
-/// one the VM does not compile (for example `with`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Vm,
-    Interpreter,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Vm => "vm",
-            Backend::Interpreter => "interpreter",
-        }
-    }
-}
-
-/// One policy package and what it defines.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub name: String,
-    pub rules: Vec<RuleKind>,
-    pub settings: PolicySettings,
-    /// `input.parameters`, converted once.
-    pub parameters: Value,
-}
-
-impl Policy {
-    pub fn entry_point(&self, rule: RuleKind) -> String {
-        format!("{POLICY_PACKAGE_PREFIX}{}.{}", self.name, rule.as_str())
-    }
-}
-
-/// A compiled, immutable policy set. Shared by every request through an `Arc`.
-pub struct PolicySet {
-    pub origin: Origin,
-    pub files: Vec<String>,
-    pub policies: Vec<Policy>,
-    /// `data.mlguard.config` as merged from the data files.
-    pub config: serde_json::Value,
-    pub(crate) config_value: Value,
-    /// Content digest of every file: a reload that changes nothing is not a new generation.
-    pub digest: String,
-    pub backend: Backend,
-    /// Why the VM was not used, when it was not.
-    pub vm_fallback_reason: Option<String>,
-    /// Ways the policies could be evaluated faster (see `lint::package_import_hints`), shown
-    /// at load, on `/status` and by `mlguard bench`.
-    pub hints: Vec<String>,
-    pub(crate) engine: Engine,
-    pub(crate) program: Option<Arc<Program>>,
-}
-
-impl std::fmt::Debug for PolicySet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicySet")
-            .field("origin", &self.origin)
-            .field("policies", &self.policy_names())
-            .field("backend", &self.backend)
-            .finish()
-    }
-}
-
-pub fn digest(files: &[SourceFile]) -> String {
-    let mut h = Sha256::new();
-    for f in files {
-        h.update(f.name.as_bytes());
-        h.update([0]);
-        h.update(f.text.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
+use super::{combined, lint, probe, PolicyError};
 
 impl PolicySet {
-    pub fn policy_names(&self) -> Vec<&str> {
-        self.policies.iter().map(|p| p.name.as_str()).collect()
-    }
-
-    /// Logs what an admin should know about a set that loaded: why it is not on the VM, and
-    /// how it could be evaluated faster.
-    pub fn log_notes(&self) {
-        if let Some(reason) = &self.vm_fallback_reason {
-            tracing::warn!(
-                reason,
-                "policies use a construct the VM does not compile; using the interpreter"
-            );
-        }
-        for hint in &self.hints {
-            tracing::warn!(hint, "policy evaluation could be faster");
-        }
-    }
-
-    /// Whether any policy runs on `operation`: a review no policy runs on is admitted
-    /// without building its objects.
-    pub fn handles(&self, operation: &str) -> bool {
-        self.policies
-            .iter()
-            .any(|p| p.settings.applies_to(operation))
-    }
-
-    pub fn policy(&self, name: &str) -> Option<&Policy> {
-        self.policies.iter().find(|p| p.name == name)
-    }
-
     /// Compiles `files`. `preferred` is the VM unless a caller (tests, `--evaluator`) asks for
     /// the interpreter.
     pub fn compile(
@@ -225,12 +100,7 @@ impl PolicySet {
         let config = build_config(&files)?;
         let mut settings = policy_settings(&config, &names)?;
         let config_value = Value::from(config.clone());
-        let mut data = Value::new_object();
-        insert(&mut data, "mlguard", {
-            let mut m = Value::new_object();
-            insert(&mut m, "config", config_value.clone());
-            m
-        });
+        let data = document(config_value.clone(), None);
         engine
             .add_data(data)
             .map_err(|e| PolicyError::Compile(format!("data.mlguard.config: {e:#}")))?;
@@ -269,7 +139,7 @@ impl PolicySet {
             engine,
             program,
         });
-        if let Some(reason) = super::eval::probe(&set)? {
+        if let Some(reason) = probe::probe(&set)? {
             // The probe's evaluators are gone, so this is the only reference.
             if let Some(s) = Arc::get_mut(&mut set) {
                 s.backend = Backend::Interpreter;
@@ -287,85 +157,21 @@ impl PolicySet {
     }
 }
 
-/// Wall-clock budget of one rule evaluation. Policies take microseconds; this only stops a
-/// runaway policy from using up the API server's webhook timeout (5 s in the manifests), so
-/// that the request gets a clear denial instead of the API server's failure policy.
-pub const EVAL_TIME_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
-
-pub(crate) fn eval_time_limit() -> regorus::utils::limits::ExecutionTimerConfig {
-    regorus::utils::limits::ExecutionTimerConfig {
-        limit: EVAL_TIME_LIMIT,
-        check_interval: std::num::NonZeroU32::new(256).expect("non-zero"),
-    }
-}
-
-pub(crate) fn insert(object: &mut Value, key: &str, value: Value) {
-    if let Ok(map) = object.as_object_mut() {
-        map.insert(Value::from(key), value);
-    }
-}
-
-/// Package of the generated rules that evaluate a stage's policies in one VM run.
-const COMBINED_PACKAGE: &str = "mlguard.internal.combined";
-const OPERATIONS: [&str; 2] = ["CREATE", "UPDATE"];
-
-/// Whether a policy can share a VM run with others: `input.parameters` is per policy, so only
-/// policies without parameters (which see `{}` either way) are combined.
-pub(crate) fn combinable(policy: &Policy) -> bool {
-    policy.parameters.as_object().is_ok_and(|o| o.is_empty())
-}
-
-/// The entry point that evaluates, in one VM run, every combinable policy that applies to
-/// `operation` at `stage`. Its value maps each policy name to its rules' values.
-pub(crate) fn combined_entry_point(stage: Stage, operation: &str) -> String {
-    format!(
-        "data.{COMBINED_PACKAGE}.{}_{}",
-        stage.as_str(),
-        operation.to_ascii_lowercase()
-    )
-}
-
-/// The Rego of the combined rules. A VM run starts with an empty rule cache, so evaluating
-/// each policy as its own entry point computes the helpers they share (the pod's containers,
-/// its GPU resources) once per policy; one rule referring to all of them computes them once.
-fn combined_module(policies: &[Policy]) -> String {
-    let mut text = format!("package {COMBINED_PACKAGE}\n\nimport rego.v1\n");
-    for operation in OPERATIONS {
-        for stage in [Stage::Mutate, Stage::Validate] {
-            let fields: Vec<String> = policies
-                .iter()
-                .filter(|p| combinable(p) && p.settings.applies_to(operation))
-                .filter_map(|p| {
-                    let rules: Vec<String> = stage
-                        .rules()
-                        .iter()
-                        .filter(|r| p.rules.contains(r))
-                        .map(|r| format!("{:?}: {}", r.as_str(), p.entry_point(*r)))
-                        .collect();
-                    (!rules.is_empty()).then(|| format!("{:?}: {{{}}}", p.name, rules.join(", ")))
-                })
-                .collect();
-            let name = combined_entry_point(stage, operation);
-            let rule = name.rsplit('.').next().unwrap_or_default();
-            text += &format!("\n{rule} := {{\n\t{}\n}}\n", fields.join(",\n\t"));
-        }
-    }
-    text
-}
-
 fn compile_vm(engine: &mut Engine, policies: &[Policy]) -> Result<Arc<Program>, String> {
     engine
         .add_policy(
-            format!("<{COMBINED_PACKAGE}>.rego"),
-            combined_module(policies),
+            format!("<{}>.rego", combined::PACKAGE),
+            combined::module(policies),
         )
         .map_err(|e| format!("combined entry points: {e:#}"))?;
     let entry_points: Vec<String> = policies
         .iter()
         .flat_map(|p| p.rules.iter().map(|r| p.entry_point(*r)))
-        .chain(OPERATIONS.iter().flat_map(|op| {
-            [Stage::Mutate, Stage::Validate].map(|stage| combined_entry_point(stage, op))
-        }))
+        .chain(
+            combined::OPERATIONS
+                .iter()
+                .flat_map(|op| Stage::ALL.map(|stage| combined::entry_point(stage, op))),
+        )
         .collect();
     let first: regorus::Rc<str> = entry_points[0].as_str().into();
     let compiled = engine

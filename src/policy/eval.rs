@@ -8,37 +8,17 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use json_patch::PatchOperation;
 use regorus::rvm::vm::RegoVM;
 use regorus::{Engine, Value};
 
 use crate::cluster::ClusterState;
 
-use super::compile::{
-    combinable, combined_entry_point, insert, Backend, Policy, PolicySet, RuleKind,
-};
+use super::combined::{self, combinable};
+use super::data::{document, insert};
+use super::limits::{eval_time_limit, MAX_INSTRUCTIONS};
+use super::set::{Backend, Policy, PolicySet, RuleKind, Stage};
 use super::PolicyError;
-
-/// Which webhook is asking: mutation runs `patch` rules, validation runs `deny` and `warn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Mutate,
-    Validate,
-}
-
-impl Stage {
-    pub(crate) fn rules(self) -> &'static [RuleKind] {
-        match self {
-            Stage::Mutate => &[RuleKind::Patch],
-            Stage::Validate => &[RuleKind::Deny, RuleKind::Warn],
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Mutate => "mutate",
-            Stage::Validate => "validate",
-        }
-    }
-}
 
 /// A `deny` or `warn` entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +33,8 @@ pub struct PolicyOutput {
     pub policy: String,
     pub deny: Vec<Message>,
     pub warn: Vec<Message>,
-    pub patch: Vec<serde_json::Value>,
+    /// RFC 6902 operations, parsed once here; `patch` and the reply use them as they are.
+    pub patch: Vec<PatchOperation>,
     /// The policy failed on this review; the verdict treats it by the policy's action, so an
     /// enforcing policy that breaks denies rather than admits.
     pub error: Option<EvalError>,
@@ -80,10 +61,6 @@ pub struct EvalError {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Instruction budget per rule evaluation: far above what a sane policy needs on a large pod,
-/// low enough that a runaway policy fails fast instead of hanging a webhook call.
-const MAX_INSTRUCTIONS: usize = 5_000_000;
-
 pub struct Evaluator {
     pub set: Arc<PolicySet>,
     pub cluster: Arc<ClusterState>,
@@ -106,16 +83,12 @@ impl Evaluator {
     }
 
     /// An evaluator on a given backend; the VM needs the set to have a compiled program.
-    fn with_backend(
+    pub(crate) fn with_backend(
         set: Arc<PolicySet>,
         cluster: Arc<ClusterState>,
         backend: Backend,
     ) -> Result<Evaluator, PolicyError> {
-        let mut mlguard = Value::new_object();
-        insert(&mut mlguard, "config", set.config_value.clone());
-        insert(&mut mlguard, "cluster", cluster.to_value());
-        let mut data = Value::new_object();
-        insert(&mut data, "mlguard", mlguard);
+        let data = document(set.config_value.clone(), Some(cluster.to_value()));
         let engine = match backend {
             Backend::Vm => None,
             Backend::Interpreter => Some(interpreter(&set, &data)?),
@@ -206,7 +179,7 @@ impl Evaluator {
         }
         insert(input, "parameters", Value::new_object());
         // Undefined when any policy's rule is (a complete rule with no value): run them apart.
-        self.run(&combined_entry_point(stage, operation), input)
+        self.run(&combined::entry_point(stage, operation), input)
             .ok()
             .filter(|v| matches!(v, Value::Object(_)))
     }
@@ -280,7 +253,7 @@ impl Evaluator {
                     let mut vm = RegoVM::new();
                     vm.load_program(program.clone());
                     vm.set_max_instructions(MAX_INSTRUCTIONS);
-                    vm.set_execution_timer_config(Some(super::compile::eval_time_limit()));
+                    vm.set_execution_timer_config(Some(eval_time_limit()));
                     vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
                     *slot = Some((self.id, vm));
                 }
@@ -346,104 +319,15 @@ fn messages(value: &Value) -> Result<Vec<Message>, String> {
         .collect()
 }
 
-fn patch_ops(value: &Value) -> Result<Vec<serde_json::Value>, String> {
+fn patch_ops(value: &Value) -> Result<Vec<PatchOperation>, String> {
     elements(value)?
         .into_iter()
         .map(|v| {
             let op = to_json(v);
-            serde_json::from_value::<json_patch::PatchOperation>(op.clone())
-                .map(|_| op.clone())
+            <PatchOperation as serde::Deserialize>::deserialize(&op)
                 .map_err(|e| format!("entries must be RFC 6902 operations ({e}), found {op}"))
         })
         .collect()
-}
-
-/// Sample reviews every policy is run against at load, so that output of the wrong shape, or
-/// a policy that fails on an ordinary GPU pod, is refused before it can serve.
-fn probe_reviews() -> Vec<serde_json::Value> {
-    use serde_json::json;
-    let container = json!({
-        "name": "trainer", "image": "registry.example/train:1",
-        "resources": {"requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "16Gi"},
-                      "limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}
-    });
-    let pod = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "probe", "namespace": "default"},
-        "spec": {"containers": [container]}});
-    let job = json!({"apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": "probe", "namespace": "default"},
-        "spec": {"parallelism": 2, "completions": 4,
-                 "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}});
-    let review = |kind: &str, group: &str, resource: &str, object: &serde_json::Value| {
-        json!({"uid": "probe", "kind": {"group": group, "version": "v1", "kind": kind},
-               "resource": {"group": group, "version": "v1", "resource": resource},
-               "namespace": "default", "operation": "CREATE", "name": "probe",
-               "userInfo": {"username": "probe"}, "object": object, "dryRun": false})
-    };
-    vec![
-        review("Pod", "", "pods", &pod),
-        review("Job", "batch", "jobs", &job),
-    ]
-}
-
-/// Runs every policy on the sample reviews. A policy that fails on them is an error. When the
-/// set runs on the VM, the interpreter runs them too: the VM is younger and does not yet
-/// agree with the interpreter on every construct, and a policy that means one thing in a test
-/// and another in production is worse than a slower one. Returns the disagreement, if any.
-pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<Option<String>, PolicyError> {
-    let cluster = Arc::new(ClusterState::default());
-    let evaluator = Evaluator::new(set.clone(), cluster.clone())?;
-    let reference = match set.backend {
-        Backend::Vm => Some(Evaluator::with_backend(
-            set.clone(),
-            cluster,
-            Backend::Interpreter,
-        )?),
-        Backend::Interpreter => None,
-    };
-    let mut disagreement = None;
-    for review in probe_reviews() {
-        let kind = review["kind"]["kind"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let review = Value::from(review);
-        for stage in [Stage::Mutate, Stage::Validate] {
-            let outputs = evaluator.evaluate(&review, stage);
-            if let Some(e) = outputs.iter().find_map(|o| o.error.clone()) {
-                return Err(PolicyError::Shape {
-                    policy: e.policy,
-                    rule: e.rule.into(),
-                    message: format!("on a sample GPU {kind}: {}", e.message),
-                });
-            }
-            let Some(reference) = &reference else {
-                continue;
-            };
-            if disagreement.is_some() {
-                continue;
-            }
-            let expected = reference.evaluate(&review, stage);
-            disagreement = first_difference(&outputs, &expected).map(|policy| {
-                format!(
-                    "the bytecode VM and the interpreter disagree on policy {policy} for a sample \
-                     GPU {kind} ({}); the interpreter is used",
-                    stage.as_str()
-                )
-            });
-        }
-    }
-    Ok(disagreement)
-}
-
-/// The first policy whose output differs between two evaluations.
-fn first_difference(a: &[PolicyOutput], b: &[PolicyOutput]) -> Option<String> {
-    let find = |list: &[PolicyOutput], name: &str| list.iter().find(|o| o.policy == name).cloned();
-    a.iter()
-        .chain(b)
-        .map(|o| o.policy.as_str())
-        .find(|name| find(a, name) != find(b, name))
-        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -1,53 +1,37 @@
-//! The policy engine: Rego policies (regorus) in, admission verdicts out.
+//! The policy engine: Rego policies (regorus) in, admission verdicts out. Knows nothing of
+//! HTTP, files being watched or the API server; the cluster state comes in as plain data.
 //!
+//! - `set` holds the types of a compiled set: [`PolicySet`], [`Policy`], [`RuleKind`],
+//!   [`Stage`], [`Backend`];
 //! - `source` reads policy files (a directory or the embedded default set);
 //! - `lint` refuses non-portable or nondeterministic Rego before it is compiled;
 //! - `settings` builds `data.mlguard.config` and each policy's enforcement settings;
-//! - `compile` turns files into an immutable [`PolicySet`], once, off the request path;
-//! - `eval` runs a [`PolicySet`] against one review;
+//! - `data` builds the data document; `limits` bounds one evaluation;
+//! - `compile` turns files into an immutable [`PolicySet`], once, off the request path, with
+//!   `combined` (one VM run for many policies) and `probe` (sample reviews at load);
+//! - `eval` runs a [`PolicySet`] against one review; `published` holds the one being served;
 //! - `patch` makes the patches policies emit safe and idempotent;
-//! - `rego_tests` runs `test_*` rules in `*_test.rego` files, as `opa test` does;
-//! - `verdict` combines outputs and enforcement actions into a [`verdict::Verdict`].
+//! - `verdict` combines outputs and enforcement actions into a [`verdict::Verdict`];
+//! - `rego_tests` runs `test_*` rules in `*_test.rego` files, as `opa test` does.
 
+pub mod combined;
 pub mod compile;
+pub mod data;
+pub mod error;
 pub mod eval;
+pub mod limits;
 pub mod lint;
 pub mod patch;
+pub mod probe;
+pub mod published;
 pub mod rego_tests;
+pub mod set;
 pub mod settings;
 pub mod source;
 pub mod verdict;
 
-pub use compile::{Backend, PolicySet};
-pub use eval::{Evaluator, PolicyOutput, Stage};
+pub use error::PolicyError;
+pub use eval::{Evaluator, PolicyOutput};
+pub use published::Published;
+pub use set::{Backend, Policy, PolicySet, RuleKind, Stage};
 pub use settings::Action;
-
-/// Everything that can make a policy set unloadable. Each names the file (or policy) and says
-/// what to change.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
-    #[error("{file}:{line}: {message}")]
-    Forbidden {
-        file: String,
-        line: usize,
-        message: String,
-    },
-    #[error("{0}")]
-    Compile(String),
-    #[error("{file}: {message}")]
-    Package { file: String, message: String },
-    #[error("data file {file}: {message}")]
-    Data { file: String, message: String },
-    #[error("policy {policy}: settings: {message}")]
-    Settings { policy: String, message: String },
-    #[error("policy {policy}: `{rule}` {message}")]
-    Shape {
-        policy: String,
-        rule: String,
-        message: String,
-    },
-    #[error("no policies: {0}")]
-    Empty(String),
-}

@@ -2,23 +2,29 @@
 //! created, operations whose effect is already present are dropped (so that mutating the
 //! mutated object yields an empty patch, as `reinvocationPolicy: IfNeeded` needs), and every
 //! operation is checked to apply, in order, before the webhook answers.
+//!
+//! Operations arrive parsed (see `eval`) and leave as they are: nothing here parses JSON
+//! Patch again, so an operation cannot be lost between the check and the reply.
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation};
 use serde_json::{json, Value as Json};
 
 /// A policy emitted an operation that cannot apply to the object.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("policy {policy}: patch operation {op} does not apply: {reason}")]
+#[derive(Debug, thiserror::Error)]
+#[error("policy {policy}: patch operation {op} does not apply: {source}")]
 pub struct PatchError {
     pub policy: String,
     pub op: String,
-    pub reason: String,
+    #[source]
+    pub source: json_patch::PatchError,
 }
 
 /// The patch to send and the object it produces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SafePatch {
     /// Each operation with the policy that asked for it.
-    pub ops: Vec<(String, Json)>,
+    pub ops: Vec<(String, PatchOperation)>,
     pub patched: Json,
 }
 
@@ -28,26 +34,44 @@ impl SafePatch {
     }
 
     pub fn to_json_patch(&self) -> json_patch::Patch {
-        json_patch::Patch(
-            self.ops
-                .iter()
-                .filter_map(|(_, op)| serde_json::from_value(op.clone()).ok())
-                .collect(),
-        )
+        json_patch::Patch(self.ops.iter().map(|(_, op)| op.clone()).collect())
     }
 
+    /// The operations as JSON, for reports and tests.
     pub fn ops_json(&self) -> Json {
-        Json::Array(self.ops.iter().map(|(_, op)| op.clone()).collect())
+        Json::Array(self.ops.iter().map(|(_, op)| op_json(op)).collect())
     }
+}
+
+/// One operation as JSON (its RFC 6902 form).
+pub fn op_json(op: &PatchOperation) -> Json {
+    serde_json::to_value(op).unwrap_or(Json::Null)
+}
+
+/// "add /spec/tolerations/-": an operation in a few words, for logs and dry-run records.
+pub fn describe(op: &PatchOperation) -> String {
+    let name = match op {
+        PatchOperation::Add(_) => "add",
+        PatchOperation::Remove(_) => "remove",
+        PatchOperation::Replace(_) => "replace",
+        PatchOperation::Move(_) => "move",
+        PatchOperation::Copy(_) => "copy",
+        PatchOperation::Test(_) => "test",
+    };
+    format!("{name} {}", op.path().as_str())
 }
 
 fn parent_of(path: &str) -> Option<(&str, &str)> {
     path.rfind('/').map(|i| (&path[..i], &path[i + 1..]))
 }
 
+fn is_index(token: &str) -> bool {
+    token == "-" || (!token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// A missing container on the way to a token is an array when the token indexes one.
 fn empty_container_for(token: &str) -> Json {
-    if token == "-" || (!token.is_empty() && token.bytes().all(|b| b.is_ascii_digit())) {
+    if is_index(token) {
         json!([])
     } else {
         json!({})
@@ -55,7 +79,7 @@ fn empty_container_for(token: &str) -> Json {
 }
 
 /// `add` ops for every missing ancestor of `path`, outermost first.
-fn missing_parents(doc: &Json, path: &str) -> Vec<Json> {
+fn missing_parents(doc: &Json, path: &str) -> Vec<PatchOperation> {
     let mut missing = Vec::new();
     let mut current = path;
     while let Some((parent, token)) = parent_of(current) {
@@ -65,12 +89,17 @@ fn missing_parents(doc: &Json, path: &str) -> Vec<Json> {
         // Only object members are created: a missing array element (`/containers/5`) means
         // the policy addressed something that is not there, and the apply check says so.
         let (_, parent_token) = parent_of(parent).unwrap_or(("", ""));
-        if parent_token == "-"
-            || (!parent_token.is_empty() && parent_token.bytes().all(|b| b.is_ascii_digit()))
-        {
+        if is_index(parent_token) {
             return Vec::new();
         }
-        missing.push(json!({"op": "add", "path": parent, "value": empty_container_for(token)}));
+        // A prefix of a pointer that parsed is itself a valid pointer.
+        let Ok(pointer) = PointerBuf::parse(parent) else {
+            return Vec::new();
+        };
+        missing.push(PatchOperation::Add(AddOperation {
+            path: pointer,
+            value: empty_container_for(token),
+        }));
         current = parent;
     }
     missing.reverse();
@@ -78,55 +107,56 @@ fn missing_parents(doc: &Json, path: &str) -> Vec<Json> {
 }
 
 /// Whether applying `op` to `doc` would change nothing.
-fn already_in_effect(doc: &Json, op: &Json) -> bool {
-    let path = op["path"].as_str().unwrap_or_default();
-    match op["op"].as_str() {
-        Some("add") => match path.strip_suffix("/-") {
+fn already_in_effect(doc: &Json, op: &PatchOperation) -> bool {
+    let path = op.path().as_str();
+    match op {
+        PatchOperation::Add(add) => match path.strip_suffix("/-") {
             // Appending an element the array already holds is how a toleration or a volume
             // would be added twice on reinvocation.
             Some(array) => doc
                 .pointer(array)
                 .and_then(Json::as_array)
-                .is_some_and(|items| items.contains(&op["value"])),
-            None => doc.pointer(path) == Some(&op["value"]),
+                .is_some_and(|items| items.contains(&add.value)),
+            None => doc.pointer(path) == Some(&add.value),
         },
-        Some("replace") => doc.pointer(path) == Some(&op["value"]),
-        Some("remove") => doc.pointer(path).is_none(),
+        PatchOperation::Replace(replace) => doc.pointer(path) == Some(&replace.value),
+        PatchOperation::Remove(_) => doc.pointer(path).is_none(),
         _ => false,
     }
 }
 
-fn apply_one(doc: &mut Json, policy: &str, op: &Json) -> Result<(), PatchError> {
-    let parsed: json_patch::PatchOperation =
-        serde_json::from_value(op.clone()).map_err(|e| PatchError {
-            policy: policy.into(),
-            op: op.to_string(),
-            reason: e.to_string(),
-        })?;
-    json_patch::patch(doc, &[parsed]).map_err(|e| PatchError {
+fn apply_one(doc: &mut Json, policy: &str, op: &PatchOperation) -> Result<(), PatchError> {
+    json_patch::patch(doc, std::slice::from_ref(op)).map_err(|source| PatchError {
         policy: policy.into(),
-        op: op.to_string(),
-        reason: e.to_string(),
+        op: op_json(op).to_string(),
+        source,
     })
 }
 
 /// Builds the safe patch for `object` from `(policy, operation)` pairs, in order; `object`
 /// becomes the patched object.
-pub fn make_safe(object: Json, requested: &[(String, Json)]) -> Result<SafePatch, PatchError> {
+pub fn make_safe(
+    object: Json,
+    requested: &[(String, PatchOperation)],
+) -> Result<SafePatch, PatchError> {
     let mut doc = object;
     let mut ops = Vec::new();
     for (policy, op) in requested {
         if already_in_effect(&doc, op) {
             continue;
         }
-        let mut op = op.clone();
-        let path = op["path"].as_str().unwrap_or_default().to_string();
-        // `replace` of something absent means "make it so"; RFC 6902 would reject it.
-        if op["op"] == "replace" && doc.pointer(&path).is_none() {
-            op["op"] = json!("add");
-        }
-        if op["op"] == "add" {
-            for parent in missing_parents(&doc, &path) {
+        let op = match op {
+            // `replace` of something absent means "make it so"; RFC 6902 would reject it.
+            PatchOperation::Replace(r) if doc.pointer(r.path.as_str()).is_none() => {
+                PatchOperation::Add(AddOperation {
+                    path: r.path.clone(),
+                    value: r.value.clone(),
+                })
+            }
+            other => other.clone(),
+        };
+        if let PatchOperation::Add(add) = &op {
+            for parent in missing_parents(&doc, add.path.as_str()) {
                 apply_one(&mut doc, policy, &parent)?;
                 ops.push((policy.clone(), parent));
             }
@@ -141,11 +171,11 @@ pub fn make_safe(object: Json, requested: &[(String, Json)]) -> Result<SafePatch
 mod tests {
     use super::*;
 
-    fn req(ops: Json) -> Vec<(String, Json)> {
+    fn req(ops: Json) -> Vec<(String, PatchOperation)> {
         ops.as_array()
             .unwrap()
             .iter()
-            .map(|o| ("p".to_string(), o.clone()))
+            .map(|o| ("p".to_string(), serde_json::from_value(o.clone()).unwrap()))
             .collect()
     }
 
@@ -159,7 +189,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(safe.ops.len(), 2);
-        assert_eq!(safe.ops[0].1["path"], "/spec/tolerations");
+        assert_eq!(safe.ops[0].1.path().as_str(), "/spec/tolerations");
         assert_eq!(safe.patched["spec"]["tolerations"][0], tol);
     }
 

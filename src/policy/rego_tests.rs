@@ -4,7 +4,7 @@
 
 use regorus::{Engine, Value};
 
-use super::compile::insert;
+use super::data::document;
 use super::settings::build_config;
 use super::source::{FileKind, SourceFile};
 use super::PolicyError;
@@ -51,15 +51,10 @@ pub fn run(policies: &[SourceFile], tests: &[SourceFile]) -> Result<Vec<RegoTest
             .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
     }
     let config = build_config(policies)?;
-    let mut mlguard = Value::new_object();
-    insert(&mut mlguard, "config", Value::from(config));
-    insert(
-        &mut mlguard,
-        "cluster",
-        crate::cluster::ClusterState::default().to_value(),
+    let data = document(
+        Value::from(config),
+        Some(crate::cluster::ClusterState::default().to_value()),
     );
-    let mut data = Value::new_object();
-    insert(&mut data, "mlguard", mlguard);
     engine
         .add_data(data)
         .map_err(|e| PolicyError::Compile(format!("data: {e:#}")))?;

@@ -76,9 +76,8 @@ pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
 
 fn walk(dir: &Path, classify: Classify) -> Result<Vec<SourceFile>, PolicyError> {
     if !dir.is_dir() {
-        return Err(PolicyError::Io {
+        return Err(PolicyError::NotADirectory {
             path: dir.display().to_string(),
-            message: "not a directory (give --policies a directory of .rego and data files)".into(),
         });
     }
     let mut files = Vec::new();
@@ -88,9 +87,9 @@ fn walk(dir: &Path, classify: Classify) -> Result<Vec<SourceFile>, PolicyError> 
         .into_iter()
         .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
     for entry in walker {
-        let entry = entry.map_err(|e| PolicyError::Io {
+        let entry = entry.map_err(|source| PolicyError::Walk {
             path: dir.display().to_string(),
-            message: e.to_string(),
+            source,
         })?;
         if !entry.file_type().is_file() {
             continue;
@@ -102,9 +101,9 @@ fn walk(dir: &Path, classify: Classify) -> Result<Vec<SourceFile>, PolicyError> 
             .to_string_lossy()
             .replace('\\', "/");
         let Some(kind) = classify(&rel) else { continue };
-        let text = std::fs::read_to_string(entry.path()).map_err(|e| PolicyError::Io {
+        let text = std::fs::read_to_string(entry.path()).map_err(|source| PolicyError::Io {
             path: entry.path().display().to_string(),
-            message: e.to_string(),
+            source,
         })?;
         files.push(SourceFile {
             name: rel,
@@ -127,8 +126,13 @@ fn embedded_matching(classify: Classify) -> Vec<SourceFile> {
     files
 }
 
+/// The embedded files, read by the same rules as a directory: hidden entries are skipped
+/// (see `embedded_set_is_the_policies_directory`, which holds the two in step).
 fn collect_embedded(dir: &Dir<'static>, classify: Classify, out: &mut Vec<SourceFile>) {
     for file in dir.files() {
+        if file.path().iter().any(is_hidden) {
+            continue;
+        }
         let name = file.path().to_string_lossy().replace('\\', "/");
         if let (Some(kind), Some(text)) = (classify(&name), file.contents_utf8()) {
             out.push(SourceFile {
@@ -138,7 +142,7 @@ fn collect_embedded(dir: &Dir<'static>, classify: Classify, out: &mut Vec<Source
             });
         }
     }
-    for sub in dir.dirs() {
+    for sub in dir.dirs().filter(|d| !d.path().iter().any(is_hidden)) {
         collect_embedded(sub, classify, out);
     }
 }
@@ -179,6 +183,19 @@ mod tests {
         let files = read_dir(dir.path()).unwrap();
         assert_eq!(files.len(), 1, "{files:?}");
         assert_eq!(files[0].name, "a.rego");
+    }
+
+    /// The binary serves what the ConfigMap would: the embedded set is `policies/` read as a
+    /// directory (a file the directory reader refuses, such as one that is not UTF-8, fails
+    /// here instead of being left out of the binary silently).
+    #[test]
+    fn embedded_set_is_the_policies_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        assert_eq!(embedded(), read_dir(&dir).unwrap());
+        assert_eq!(
+            read_tests(&Origin::Embedded).unwrap(),
+            read_tests(&Origin::Directory(dir)).unwrap()
+        );
     }
 
     #[test]

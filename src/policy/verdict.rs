@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 
 use super::eval::PolicyOutput;
-use super::patch::{make_safe, SafePatch};
+use super::patch::{describe, make_safe, SafePatch};
+use super::set::PolicySet;
 use super::settings::Action;
-use super::PolicySet;
 
 /// Audit annotation values are stored in every audit event: keep them short.
 pub const AUDIT_ANNOTATION_LIMIT: usize = 1024;
@@ -83,6 +83,22 @@ impl Verdict {
     pub fn patched(&self) -> bool {
         self.patch.as_ref().is_some_and(|p| !p.is_empty())
     }
+
+    /// The most important thing that happened: the metrics' outcome label, the decision
+    /// log's `decision` and `mlguard bench`'s outcome.
+    pub fn outcome(&self) -> &'static str {
+        if self.had_error {
+            "error"
+        } else if !self.allowed {
+            "denied"
+        } else if self.patched() {
+            "patched"
+        } else if !self.warnings.is_empty() {
+            "warned"
+        } else {
+            "allowed"
+        }
+    }
 }
 
 fn bounded(s: &str) -> String {
@@ -104,14 +120,6 @@ pub struct Enforcement<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-fn describe_op(op: &Json) -> String {
-    format!(
-        "{} {}",
-        op["op"].as_str().unwrap_or("?"),
-        op["path"].as_str().unwrap_or("?")
-    )
-}
-
 /// Combines policy outputs into a verdict. `object` is the object under review, needed only
 /// when a policy patches; it is patched in place (on a 256 KB pod a copy cost 0.2 ms).
 pub fn decide(
@@ -121,7 +129,7 @@ pub fn decide(
     enforcement: &Enforcement<'_>,
 ) -> Verdict {
     let mut v = Verdict::default();
-    let mut to_apply: Vec<(String, Json)> = Vec::new();
+    let mut to_apply = Vec::new();
     for out in outputs {
         let action = set
             .policy(&out.policy)
@@ -163,11 +171,11 @@ pub fn decide(
             v.fired.push(fired(Finding::Warn, texts));
         }
         if !out.patch.is_empty() {
-            let described: Vec<String> = out.patch.iter().map(describe_op).collect();
+            let described: Vec<String> = out.patch.iter().map(describe).collect();
             if action == Action::Dryrun {
                 v.would_patch.extend(described.iter().map(|d| tag(d)));
             } else {
-                to_apply.extend(out.patch.iter().map(|op| (out.policy.clone(), op.clone())));
+                to_apply.extend(out.patch.into_iter().map(|op| (out.policy.clone(), op)));
             }
             v.fired.push(fired(Finding::Patch, described));
         }

@@ -14,7 +14,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use mlguard::cli::{Cli, Command};
 use mlguard::config::ServeConfig;
-use mlguard::server::{run, Listeners};
+use mlguard::serve::{run, Listeners};
 use serde_json::Value as Json;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;

@@ -5,17 +5,17 @@
 //! state and are logged, counted and shown on /status.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::metrics::ResultLabels;
+use super::health::LastError;
+use crate::metrics::{Metrics, ResultLabels};
 use crate::policy::source::{self, Origin};
-use crate::policy::{compile, Backend, PolicySet};
-use crate::server::AppState;
+use crate::policy::{set, Backend, PolicySet, Published};
 use crate::tls::{self, SwappableCert};
 
 fn result(ok: bool) -> ResultLabels {
@@ -43,9 +43,12 @@ fn every(
     });
 }
 
+/// Swaps in the certificate at `cert_path` and `key_path` whenever their content changes and
+/// it is valid; records the result in `metrics` and `last_error`.
 pub fn spawn_certificate_reloader(
-    state: Arc<AppState>,
     cert: Arc<SwappableCert>,
+    metrics: Arc<Metrics>,
+    last_error: Arc<LastError>,
     cert_path: PathBuf,
     key_path: PathBuf,
     interval: Duration,
@@ -74,22 +77,20 @@ pub fn spawn_certificate_reloader(
         match tls::certified_key_from_pem(&c, &k) {
             Ok((key, info)) => {
                 cert.store(key, &info);
-                state
-                    .metrics
+                metrics
                     .certificate_reloads
                     .get_or_create(&result(true))
                     .inc();
-                state.metrics.certificate_expiry.set(info.not_after);
-                *state.health.cert_error.write().expect("lock") = None;
+                metrics.certificate_expiry.set(info.not_after);
+                last_error.set(None);
                 tracing::info!(path = %cert_path.display(), not_after = info.not_after, "serving certificate reloaded");
             }
             Err(e) => {
-                state
-                    .metrics
+                metrics
                     .certificate_reloads
                     .get_or_create(&result(false))
                     .inc();
-                *state.health.cert_error.write().expect("lock") = Some(e.to_string());
+                last_error.set(Some(e.to_string()));
                 tracing::error!(path = %cert_path.display(), error = %e,
                     "new certificate rejected; still serving the previous one");
             }
@@ -97,15 +98,19 @@ pub fn spawn_certificate_reloader(
     });
 }
 
+/// Compiles the policies in `dir` whenever its content changes and serves them through
+/// `published` if they load; records the result in `metrics` and `last_error`.
 pub fn spawn_policy_reloader(
-    state: Arc<AppState>,
+    published: Arc<Published>,
+    metrics: Arc<Metrics>,
+    last_error: Arc<LastError>,
     dir: PathBuf,
     backend: Backend,
     interval: Duration,
     stop: watch::Receiver<bool>,
 ) {
-    let mut last = state.evaluator.load().set.digest.clone();
-    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut last = published.load().set.digest.clone();
+    let busy = Arc::new(AtomicBool::new(false));
     every(interval, stop, move || {
         let files = match source::read_dir(&dir) {
             Ok(f) => f,
@@ -114,31 +119,29 @@ pub fn spawn_policy_reloader(
                 return;
             }
         };
-        let digest = compile::digest(&files);
+        let digest = set::digest(&files);
         if digest == last || busy.swap(true, Ordering::AcqRel) {
             return;
         }
         last = digest;
-        let (state, dir, busy) = (state.clone(), dir.clone(), busy.clone());
+        let (published, metrics, last_error) =
+            (published.clone(), metrics.clone(), last_error.clone());
+        let (dir, busy) = (dir.clone(), busy.clone());
         // Compiling takes milliseconds of CPU: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
             let loaded = PolicySet::compile(files, Origin::Directory(dir.clone()), backend)
                 .and_then(|set| {
                     set.log_notes();
-                    state.swap_policies(set)
+                    published.swap_policies(set)
                 });
             let ok = loaded.is_ok();
-            state
-                .metrics
-                .policy_reloads
-                .get_or_create(&result(ok))
-                .inc();
-            state.metrics.policy_last_reload_success.set(i64::from(ok));
-            *state.health.policy_error.write().expect("lock") =
-                loaded.as_ref().err().map(ToString::to_string);
+            metrics.policy_reloads.get_or_create(&result(ok)).inc();
+            metrics.policy_last_reload_success.set(i64::from(ok));
+            last_error.set(loaded.as_ref().err().map(ToString::to_string));
             match loaded {
-                Ok(()) => {
-                    tracing::info!(dir = %dir.display(), generation = state.generation.load(Ordering::Relaxed), "policies reloaded");
+                Ok(generation) => {
+                    metrics.policy_generation.set(generation as i64);
+                    tracing::info!(dir = %dir.display(), generation, "policies reloaded");
                 }
                 Err(e) => {
                     tracing::error!(dir = %dir.display(), error = %e,

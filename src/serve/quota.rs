@@ -1,20 +1,22 @@
-//! The live cluster state shared by the watch task and the request path.
+//! The quota coordinator: live cluster state on the request path.
 //!
 //! The watch task publishes what the API server reports (the base state); admitted pods add
-//! reservations (see `ledger`). The state the policies read is always base + reservations,
-//! and it changes only under one lock, so that checking a pod against `remaining` and
-//! reserving what it takes is a single step: two pods of the same namespace cannot both pass
-//! on the same figure.
+//! reservations (see `cluster::ledger`). The state the policies read is always base +
+//! reservations, and it changes only under one lock, so that checking a pod against
+//! `remaining` and reserving what it takes is a single step: two pods of the same namespace
+//! cannot both pass on the same figure.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::ledger::{charges, Ledger};
-use super::ClusterState;
+use super::health::Latch;
 use crate::admission::ParsedReview;
+use crate::cluster::ledger::{charges, Ledger};
+use crate::cluster::watch::ClusterSink;
+use crate::cluster::ClusterState;
+use crate::metrics::Metrics;
 use crate::policy::verdict::Verdict;
-use crate::policy::{Evaluator, Stage};
-use crate::server::AppState;
+use crate::policy::{Evaluator, Published, Stage};
 
 struct Inner {
     base: Arc<ClusterState>,
@@ -23,22 +25,26 @@ struct Inner {
     served: Option<Arc<ClusterState>>,
 }
 
-pub struct LiveCluster {
+pub struct QuotaCoordinator {
     inner: Mutex<Inner>,
+    published: Arc<Published>,
+    metrics: Arc<Metrics>,
+    /// Opened by the first published state: readiness waits for it.
+    synced: Arc<Latch>,
 }
 
 impl Inner {
     /// Swaps base + reservations into the evaluator, unless that is what it serves already.
-    fn serve(&mut self, app: &AppState) {
+    fn serve(&mut self, published: &Published) {
         let effective = if self.ledger.is_empty() {
             self.base.clone()
         } else {
             Arc::new(self.ledger.apply(&self.base))
         };
-        if self.served.as_deref() == Some(&*effective) && self.is_served(app) {
+        if self.served.as_deref() == Some(&*effective) && self.is_served(published) {
             return;
         }
-        if let Err(e) = app.swap_cluster(effective.clone()) {
+        if let Err(e) = published.swap_cluster(effective.clone()) {
             tracing::error!(error = %e, "cannot load the cluster state into the policies; keeping the previous state");
             return;
         }
@@ -47,7 +53,7 @@ impl Inner {
 
     /// Drops the reservations the base state shows, and those that expired: logged and
     /// counted, since an expiry means a pod mlguard admitted was not created after all.
-    fn settle(&mut self, app: &AppState, now: Instant) {
+    fn settle(&mut self, metrics: &Metrics, now: Instant) {
         let base = self.base.clone();
         let expired = self.ledger.settle(&base, now);
         if !expired.is_empty() {
@@ -55,18 +61,18 @@ impl Inner {
                 pods = ?expired,
                 "quota reservations expired before the ResourceQuota status showed them (pods rejected after mlguard admitted them, or deleted meanwhile)"
             );
-            app.metrics
+            metrics
                 .quota_reservations_expired
                 .inc_by(expired.len() as u64);
         }
-        app.metrics.quota_reservations.set(self.ledger.len() as i64);
+        metrics.quota_reservations.set(self.ledger.len() as i64);
     }
 
     /// After a reservation in `namespace`: serves the state with that namespace's quotas
     /// updated, converting only them (see `Evaluator::with_namespace_quotas`).
-    fn serve_namespace(&mut self, app: &AppState, namespace: &str) {
-        let Some(served) = self.served.clone().filter(|_| self.is_served(app)) else {
-            return self.serve(app);
+    fn serve_namespace(&mut self, published: &Published, namespace: &str) {
+        let Some(served) = self.served.clone().filter(|_| self.is_served(published)) else {
+            return self.serve(published);
         };
         let mut effective = (*served).clone();
         effective.quotas.insert(
@@ -74,15 +80,18 @@ impl Inner {
             Arc::new(self.ledger.namespace_quotas(&self.base, namespace)),
         );
         let effective = Arc::new(effective);
-        let current = app.evaluator.load_full();
-        match current.with_namespace_quotas(effective.clone(), namespace) {
-            Ok(next) => {
-                // A policy reload swapping in meanwhile keeps its state; the next check sees it.
-                let previous = app.evaluator.compare_and_swap(&current, Arc::new(next));
-                if Arc::ptr_eq(&previous, &current) {
-                    self.served = Some(effective);
-                }
+        // Writers are serialized by `Published`; the evaluator can still have changed since
+        // the check above (a policy reload keeps the cluster state, a cluster swap would not
+        // come from elsewhere), so a changed one is rebuilt whole rather than patched.
+        let next = published.update(|current| {
+            if Arc::ptr_eq(&current.cluster, &served) {
+                current.with_namespace_quotas(effective.clone(), namespace)
+            } else {
+                Evaluator::new(current.set.clone(), effective.clone())
             }
+        });
+        match next {
+            Ok(_) => self.served = Some(effective),
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the quota reservation into the policies");
             }
@@ -91,23 +100,33 @@ impl Inner {
 
     /// Whether the evaluator serves exactly the state this lock last swapped in; a policy
     /// reload rebuilds the evaluator from whatever state it saw, which may be older.
-    fn is_served(&self, app: &AppState) -> bool {
+    fn is_served(&self, published: &Published) -> bool {
         self.served
             .as_ref()
-            .is_some_and(|s| Arc::ptr_eq(&app.evaluator.load().cluster, s))
+            .is_some_and(|s| Arc::ptr_eq(&published.load().cluster, s))
     }
 }
 
-impl LiveCluster {
-    /// `ttl` bounds how long a reservation the quota status never confirms is kept.
-    pub fn new(ttl: Duration) -> Arc<LiveCluster> {
-        Arc::new(LiveCluster {
+impl QuotaCoordinator {
+    /// `ttl` bounds how long a reservation the quota status never confirms is kept. `synced`
+    /// is closed until the first state is published.
+    pub fn new(
+        ttl: Duration,
+        published: Arc<Published>,
+        metrics: Arc<Metrics>,
+        synced: Arc<Latch>,
+    ) -> QuotaCoordinator {
+        synced.close();
+        QuotaCoordinator {
             inner: Mutex::new(Inner {
                 base: Arc::new(ClusterState::default()),
                 ledger: Ledger::new(ttl),
                 served: None,
             }),
-        })
+            published,
+            metrics,
+            synced,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -118,21 +137,23 @@ impl LiveCluster {
 
     /// Publishes a state freshly built from the watch caches: settles the reservations it
     /// shows and serves it with the others added.
-    pub fn publish(&self, app: &AppState, base: ClusterState, now: Instant) {
+    pub fn publish(&self, base: ClusterState, now: Instant) {
         let mut inner = self.lock();
         inner.base = Arc::new(base);
-        inner.settle(app, now);
-        inner.serve(app);
+        inner.settle(&self.metrics, now);
+        inner.serve(&self.published);
+        drop(inner);
+        self.synced.open();
     }
 
     /// Drops expired reservations (timer).
-    pub fn settle(&self, app: &AppState, now: Instant) {
+    pub fn settle(&self, now: Instant) {
         let mut inner = self.lock();
         if inner.ledger.next_expiry().is_none_or(|t| t > now) {
             return;
         }
-        inner.settle(app, now);
-        inner.serve(app);
+        inner.settle(&self.metrics, now);
+        inner.serve(&self.published);
     }
 
     pub fn next_expiry(&self) -> Option<Instant> {
@@ -157,9 +178,8 @@ impl LiveCluster {
 
     /// Decides a Pod CREATE with `evaluate` and, if it is allowed, reserves what the pod will
     /// be charged against its namespace's quotas, in one step under the lock.
-    pub fn admit(
+    pub fn decide_and_reserve(
         &self,
-        app: &AppState,
         review: &ParsedReview,
         evaluate: impl FnOnce(&Evaluator) -> Verdict,
     ) -> Verdict {
@@ -174,12 +194,12 @@ impl LiveCluster {
         };
         if charges.is_empty() {
             drop(inner);
-            return evaluate(&app.evaluator.load());
+            return evaluate(&self.published.load());
         }
-        if !inner.is_served(app) {
-            inner.serve(app);
+        if !inner.is_served(&self.published) {
+            inner.serve(&self.published);
         }
-        let verdict = evaluate(&app.evaluator.load());
+        let verdict = evaluate(&self.published.load());
         if verdict.allowed {
             tracing::debug!(namespace = %review.namespace, pod = %review.name, ?charges, "reserving quota");
             let base = inner.base.clone();
@@ -190,11 +210,27 @@ impl LiveCluster {
                 charges,
                 Instant::now(),
             );
-            app.metrics
+            self.metrics
                 .quota_reservations
                 .set(inner.ledger.len() as i64);
-            inner.serve_namespace(app, &review.namespace);
+            inner.serve_namespace(&self.published, &review.namespace);
         }
         verdict
+    }
+}
+
+/// The watch task's view of the coordinator.
+impl ClusterSink for QuotaCoordinator {
+    fn publish(&self, state: ClusterState, now: Instant) {
+        QuotaCoordinator::publish(self, state, now);
+    }
+    fn tick(&self, now: Instant) {
+        self.settle(now);
+    }
+    fn fresh(&self, unix_now: i64) {
+        self.metrics.cluster_state_updated(unix_now);
+    }
+    fn age_seconds(&self) -> Option<i64> {
+        self.metrics.cluster_state_age()
     }
 }

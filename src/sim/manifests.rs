@@ -1,16 +1,30 @@
 //! Paths to manifest documents: files as given, directories walked for `*.yaml`, `*.yml` and
 //! `*.json` (as `kubectl apply -f DIR` does), `-` for standard input. Any file that cannot be
-//! read or parsed stops the audit with its name and the line and column of the problem.
+//! read or parsed stops the command (`mlguard audit`, `mlguard bench`) with its name and the
+//! line and column of the problem.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use super::objects::Source;
 use crate::cluster::snapshot::parse_objects;
 
-/// A file the audit cannot use. Exit status 2.
+/// Where a manifest object came from: its file and its 1-based position in that file (the
+/// items of a `List` count one each).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Source {
+    pub file: String,
+    pub index: usize,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.file, self.index)
+    }
+}
+
+/// A file that cannot be used. `mlguard audit` exits with status 2.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct InputError {

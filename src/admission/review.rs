@@ -1,18 +1,13 @@
-//! AdmissionReview v1 in and out. The body is parsed once, straight into the policy engine's
-//! value type; the few fields mlguard routes on are read from that value. The object and old
-//! object, most of a body, are kept as raw JSON until a policy needs them, so that a review no
-//! policy looks at (another kind, an operation no policy runs on) never builds them. Replies
-//! are built with `kube::core::admission`.
+//! AdmissionReview v1 in. The body is parsed once, straight into the policy engine's value
+//! type; the few fields mlguard routes on are read from that value. The object and old object,
+//! most of a body, are kept as raw JSON until a policy needs them, so that a review no policy
+//! looks at (another kind, an operation no policy runs on) never builds them.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
 use regorus::Value;
 use serde_json::value::RawValue;
-
-use crate::policy::verdict::Verdict;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
@@ -234,13 +229,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
     // generateName, and gives its namespace; only then is the object itself read here.
     if parsed.name.is_empty() || parsed.namespace.is_empty() {
         let metadata = &parsed.request()["object"]["metadata"];
-        let name = match text(&metadata["name"]) {
-            n if !n.is_empty() => n,
-            _ => match text(&metadata["generateName"]) {
-                g if !g.is_empty() => format!("{g}*"),
-                _ => String::new(),
-            },
-        };
+        let name = object_name(&text(&metadata["name"]), &text(&metadata["generateName"]));
         let namespace = text(&metadata["namespace"]);
         if parsed.name.is_empty() {
             parsed.name = name;
@@ -250,6 +239,16 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
         }
     }
     Ok(parsed)
+}
+
+/// How mlguard names an object: its name, else `generateName` + `*` for a pod a controller
+/// is creating, else nothing. Every report and message uses this one rule.
+pub fn object_name(name: &str, generate_name: &str) -> String {
+    match (name, generate_name) {
+        ("", "") => String::new(),
+        ("", generate) => format!("{generate}*"),
+        (name, _) => name.to_string(),
+    }
 }
 
 impl ParsedReview {
@@ -302,82 +301,6 @@ impl ParsedReview {
             v => serde_json::to_value(v).ok(),
         }
     }
-
-    fn response(&self) -> AdmissionResponse {
-        let operation = match self.operation.as_str() {
-            "UPDATE" => Operation::Update,
-            "DELETE" => Operation::Delete,
-            "CONNECT" => Operation::Connect,
-            _ => Operation::Create,
-        };
-        let req: AdmissionRequest<DynamicObject> = AdmissionRequest {
-            types: TypeMeta {
-                api_version: self.api_version.clone(),
-                kind: "AdmissionReview".into(),
-            },
-            uid: self.uid.clone(),
-            kind: GroupVersionKind::gvk(&self.group, &self.version, &self.kind),
-            resource: GroupVersionResource::gvr(&self.group, &self.version, &self.resource),
-            sub_resource: None,
-            request_kind: None,
-            request_resource: None,
-            request_sub_resource: None,
-            name: self.name.clone(),
-            namespace: Some(self.namespace.clone()),
-            operation,
-            user_info: Default::default(),
-            object: None,
-            old_object: None,
-            dry_run: self.dry_run,
-            options: None,
-        };
-        AdmissionResponse::from(&req)
-    }
-
-    /// Allowed, unchanged: for requests no policy looks at.
-    pub fn allow(&self) -> AdmissionReview<DynamicObject> {
-        self.response().into_review()
-    }
-
-    /// The reply for a verdict.
-    pub fn reply(&self, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
-        let mut resp = self.response();
-        if !verdict.allowed {
-            resp = resp.deny(verdict.status_message(&self.subject()));
-            resp.result.code = if verdict.had_error { 500 } else { 403 };
-            resp.result.reason = if verdict.had_error {
-                "InternalError"
-            } else {
-                "Forbidden"
-            }
-            .into();
-        } else if let Some(patch) = verdict.patch.as_ref().filter(|p| !p.is_empty()) {
-            match resp.clone().with_patch(patch.to_json_patch()) {
-                Ok(r) => resp = r,
-                Err(e) => {
-                    resp = resp.deny(format!("mlguard could not serialize its patch: {e}"));
-                    resp.result.code = 500;
-                }
-            }
-        }
-        if !verdict.warnings.is_empty() {
-            resp.warnings = Some(verdict.warnings.clone());
-        }
-        resp.audit_annotations = verdict.audit_annotations().into_iter().collect();
-        resp.into_review()
-    }
-}
-
-/// A review that cannot be answered from its own content (fault in mlguard, not in policy):
-/// denied, naming the error, never silently admitted.
-pub fn internal_error(review: &ParsedReview, message: &str) -> AdmissionReview<DynamicObject> {
-    let mut resp = review.response().deny(format!(
-        "mlguard could not evaluate {}: {message}",
-        review.subject()
-    ));
-    resp.result.code = 500;
-    resp.result.reason = "InternalError".into();
-    resp.into_review()
 }
 
 #[cfg(test)]

@@ -1,12 +1,18 @@
-//! One review through the policies: the pure core shared by the webhook handlers, the audit
-//! command and `mlguard test`.
+//! The admission layer: the AdmissionReview wire format (`review` parses a body once, `reply`
+//! answers it) and [`admit`], the pure decision of one review against one evaluator. The
+//! webhook handlers, `mlguard audit`, `mlguard test` and `mlguard bench` all decide here.
 
-use crate::admission::ParsedReview;
+pub mod reply;
+pub mod review;
+
+pub use reply::internal_error;
+pub use review::{object_name, parse, ParsedReview, ReviewError, API_VERSION};
+
 use crate::policy::verdict::{decide, Enforcement, Verdict};
 use crate::policy::{Action, Evaluator, Stage};
 
 /// The global `--mode`: caps every policy's action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Mode {
     #[default]
     Enforce,
@@ -72,4 +78,21 @@ pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: M
             labels,
         },
     )
+}
+
+/// A request body as the webhook answers it: parsed once, then decided by `admit_parsed`. A
+/// panic while deciding becomes a denial that names an internal error, never an admission.
+pub fn parse_and_admit(
+    body: &[u8],
+    admit_parsed: impl FnOnce(&ParsedReview) -> Verdict,
+) -> Result<(ParsedReview, Verdict), ReviewError> {
+    let parsed = parse(body)?;
+    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| admit_parsed(&parsed)))
+        .unwrap_or_else(|_| Verdict {
+            allowed: false,
+            had_error: true,
+            denials: vec!["internal error while evaluating policies (see mlguard's log)".into()],
+            ..Default::default()
+        });
+    Ok((parsed, verdict))
 }

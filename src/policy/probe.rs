@@ -1,0 +1,101 @@
+//! The load-time probe: every policy runs on sample reviews before a set may serve, so that
+//! output of the wrong shape, a policy that fails on an ordinary GPU pod, or a set the VM
+//! evaluates differently from the interpreter is caught at load, not on a user's pod.
+
+use std::sync::Arc;
+
+use regorus::Value;
+
+use crate::cluster::ClusterState;
+
+use super::eval::{Evaluator, PolicyOutput};
+use super::set::{Backend, PolicySet, Stage};
+use super::PolicyError;
+
+/// Sample reviews every policy is run against at load, so that output of the wrong shape, or
+/// a policy that fails on an ordinary GPU pod, is refused before it can serve.
+fn probe_reviews() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let container = json!({
+        "name": "trainer", "image": "registry.example/train:1",
+        "resources": {"requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "16Gi"},
+                      "limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}
+    });
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"containers": [container]}});
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"parallelism": 2, "completions": 4,
+                 "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}});
+    let review = |kind: &str, group: &str, resource: &str, object: &serde_json::Value| {
+        json!({"uid": "probe", "kind": {"group": group, "version": "v1", "kind": kind},
+               "resource": {"group": group, "version": "v1", "resource": resource},
+               "namespace": "default", "operation": "CREATE", "name": "probe",
+               "userInfo": {"username": "probe"}, "object": object, "dryRun": false})
+    };
+    vec![
+        review("Pod", "", "pods", &pod),
+        review("Job", "batch", "jobs", &job),
+    ]
+}
+
+/// Runs every policy on the sample reviews. A policy that fails on them is an error. When the
+/// set runs on the VM, the interpreter runs them too: the VM is younger and does not yet
+/// agree with the interpreter on every construct, and a policy that means one thing in a test
+/// and another in production is worse than a slower one. Returns the disagreement, if any.
+pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<Option<String>, PolicyError> {
+    let cluster = Arc::new(ClusterState::default());
+    let evaluator = Evaluator::new(set.clone(), cluster.clone())?;
+    let reference = match set.backend {
+        Backend::Vm => Some(Evaluator::with_backend(
+            set.clone(),
+            cluster,
+            Backend::Interpreter,
+        )?),
+        Backend::Interpreter => None,
+    };
+    let mut disagreement = None;
+    for review in probe_reviews() {
+        let kind = review["kind"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let review = Value::from(review);
+        for stage in Stage::ALL {
+            let outputs = evaluator.evaluate(&review, stage);
+            if let Some(e) = outputs.iter().find_map(|o| o.error.clone()) {
+                return Err(PolicyError::Shape {
+                    policy: e.policy,
+                    rule: e.rule.into(),
+                    message: format!("on a sample GPU {kind}: {}", e.message),
+                });
+            }
+            let Some(reference) = &reference else {
+                continue;
+            };
+            if disagreement.is_some() {
+                continue;
+            }
+            let expected = reference.evaluate(&review, stage);
+            disagreement = first_difference(&outputs, &expected).map(|policy| {
+                format!(
+                    "the bytecode VM and the interpreter disagree on policy {policy} for a sample \
+                     GPU {kind} ({}); the interpreter is used",
+                    stage.as_str()
+                )
+            });
+        }
+    }
+    Ok(disagreement)
+}
+
+/// The first policy whose output differs between two evaluations.
+fn first_difference(a: &[PolicyOutput], b: &[PolicyOutput]) -> Option<String> {
+    let find = |list: &[PolicyOutput], name: &str| list.iter().find(|o| o.policy == name).cloned();
+    a.iter()
+        .chain(b)
+        .map(|o| o.policy.as_str())
+        .find(|name| find(a, name) != find(b, name))
+        .map(str::to_string)
+}
