@@ -3,6 +3,9 @@
 //! the Service DNS name, and applies the returned JSON patch as the API server would.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod fake_api;
+pub mod live;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
