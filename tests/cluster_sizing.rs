@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::fake_api::{namespace, quota};
 use common::live::{fixture_pod_review, validate};
-use mlguard::cluster::watch;
 use mlguard::admission::Mode;
+use mlguard::cluster::watch;
 use mlguard::cluster::ClusterState;
 use mlguard::policy::source::Origin;
 use mlguard::policy::{Backend, Evaluator, PolicySet};

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::fake_api::{cluster, namespace, node, quota, start_fake, write_kubeconfig, FakeServer};
 use common::live::{fixture_pod_review, validate, WAIT};
-use mlguard::cluster::watch::{self, WatchOptions};
 use mlguard::admission::Mode;
+use mlguard::cluster::watch::{self, WatchOptions};
 use mlguard::cluster::ClusterState;
 use mlguard::policy::source::Origin;
 use mlguard::policy::{Backend, Evaluator, PolicySet};
