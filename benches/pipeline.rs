@@ -86,7 +86,7 @@ fn stages(c: &mut Criterion) {
         g.bench_function(&r.name, |b| {
             b.iter(|| {
                 let parsed = admission::parse(black_box(&r.body)).unwrap();
-                parsed.request();
+                parsed.request().unwrap();
                 parsed
             })
         });
@@ -101,7 +101,7 @@ fn stages(c: &mut Criterion) {
                 continue;
             }
             evaluate.bench_function(&r.name, |b| {
-                b.iter(|| evaluator.evaluate(black_box(parsed.request()), stage))
+                b.iter(|| evaluator.evaluate(black_box(parsed.request().unwrap()), stage))
             });
         }
         evaluate.finish();
@@ -111,7 +111,7 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
     for r in &reviews {
         let parsed = admission::parse(&r.body).unwrap();
-        let outputs = evaluator.evaluate(parsed.request(), Stage::Mutate);
+        let outputs = evaluator.evaluate(parsed.request().unwrap(), Stage::Mutate);
         if outputs.is_empty() {
             continue;
         }

@@ -4,6 +4,11 @@
 # duration and the whole script stops by itself (about 4 minutes with the defaults).
 #
 #   scripts/loadbench.sh [--policies DIR] [--reps N] [--seconds S] [--soak S] [--quick]
+#                        [--baseline BINARY]
+#
+# --baseline runs a second mlguard binary (for example one built from the commit before a
+# change) beside this one, on the same CPU, and measures its saturation in every repetition
+# right after this one's, so that a change's ratio before and after comes from one run.
 #
 # The server is pinned to CPU 0 and the load generator (oha, installed into target/tools on
 # first use) to CPU 1 with taskset. Prints, for each measurement, min / median / max over the
@@ -20,6 +25,7 @@ SOAK=150
 CONNECTIONS=32
 SERVER_CPU=0
 LOAD_CPU=1
+BASELINE=""         # empty: no baseline binary
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --policies) POLICIES="$2"; shift 2 ;;
@@ -27,7 +33,8 @@ while [[ $# -gt 0 ]]; do
     --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
     --soak) SOAK="$2"; shift 2 ;;
     --quick) REPS=1; SECONDS_PER_RUN=3; SOAK=10; shift ;;
-    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    --baseline) BASELINE="$(realpath "$2")"; shift 2 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -54,7 +61,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT_ML=18443; PROBE_ML=18080; PORT_ECHO=18444
+PORT_ML=18443; PROBE_ML=18080; PORT_ECHO=18444; PORT_BASE=18445; PROBE_BASE=18081
 POLICY_ARGS=()
 [[ -n "$POLICIES" ]] && POLICY_ARGS=(--policies "$POLICIES")
 
@@ -67,6 +74,7 @@ for f in "$FIX"/*.json; do
 done > "$TMP/mixed.lines"
 printf 'https://127.0.0.1:%s/mutate\nhttps://127.0.0.1:%s/validate\n' "$PORT_ML" "$PORT_ML" > "$TMP/urls.ml"
 printf 'https://127.0.0.1:%s/mutate\nhttps://127.0.0.1:%s/validate\n' "$PORT_ECHO" "$PORT_ECHO" > "$TMP/urls.echo"
+printf 'https://127.0.0.1:%s/mutate\nhttps://127.0.0.1:%s/validate\n' "$PORT_BASE" "$PORT_BASE" > "$TMP/urls.base"
 
 start_mlguard() {
   taskset -c "$SERVER_CPU" "$MLGUARD" serve --listen "127.0.0.1:$PORT_ML" \
@@ -74,6 +82,18 @@ start_mlguard() {
     --reload-interval 3600 --shutdown-timeout 2 > "$TMP/mlguard.log" 2>&1 &
   ML_PID=$!
   PIDS+=("$ML_PID")
+}
+start_baseline() { # the --baseline binary, on the same CPU and certificates
+  taskset -c "$SERVER_CPU" "$BASELINE" serve --listen "127.0.0.1:$PORT_BASE" \
+    --probe-listen "127.0.0.1:$PROBE_BASE" --dev-certs-dir "$TMP/certs" "${POLICY_ARGS[@]}" \
+    --reload-interval 3600 --shutdown-timeout 2 > "$TMP/baseline.log" 2>&1 &
+  BASE_PID=$!
+  PIDS+=("$BASE_PID")
+  for _ in $(seq 1 2000); do
+    curl -sf -o /dev/null "http://127.0.0.1:$PROBE_BASE/readyz" 2>/dev/null && return 0
+    sleep 0.005
+  done
+  echo "the baseline did not become ready; log:" >&2; cat "$TMP/baseline.log" >&2; return 1
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 wait_ready() { # prints milliseconds until /readyz answered 200, or fails after 10 s
@@ -157,13 +177,15 @@ echo "policy set read + compiled + probed (ms): ${COMPILE[*]}  -> $(stats "${COM
 taskset -c "$SERVER_CPU" "$ECHO" "$TMP/certs" "127.0.0.1:$PORT_ECHO" 900 > "$TMP/echo.log" 2>&1 &
 ECHO_PID=$!; PIDS+=("$ECHO_PID")
 start_mlguard; wait_ready > /dev/null
+[[ -n "$BASELINE" ]] && start_baseline
 for _ in $(seq 1 100); do grep -q listening "$TMP/echo.log" && break; sleep 0.05; done
 
 echo "== warm-up"
 oha 2 "$TMP/urls.ml" -Z "$TMP/mixed.lines" -c "$CONNECTIONS" > /dev/null
 oha 2 "$TMP/urls.echo" -Z "$TMP/mixed.lines" -c "$CONNECTIONS" > /dev/null
+[[ -n "$BASELINE" ]] && oha 2 "$TMP/urls.base" -Z "$TMP/mixed.lines" -c "$CONNECTIONS" > /dev/null
 
-declare -a SAT_ML SAT_ECHO RATIO P99_1K P999_1K P50_1K SRV_1MS LARGE_P50 LARGE_P99 LARGE_SRV
+declare -a SAT_BASE RATIO_BASE SAT_ML SAT_ECHO RATIO P99_1K P999_1K P50_1K SRV_1MS LARGE_P50 LARGE_P99 LARGE_SRV
 for rep in $(seq 1 "$REPS"); do
   echo "== repetition $rep/$REPS"
   oha "$SECONDS_PER_RUN" "$TMP/urls.echo" -Z "$TMP/mixed.lines" -c "$CONNECTIONS" > "$TMP/echo.json"
@@ -171,6 +193,12 @@ for rep in $(seq 1 "$REPS"); do
   e=$(field "$TMP/echo.json" rps); m=$(field "$TMP/sat.json" rps)
   SAT_ECHO+=("$e"); SAT_ML+=("$m"); RATIO+=("$(python3 -c "print(f'{100*$m/$e:.1f}')")")
   echo "saturation, $CONNECTIONS connections: echo $e/s, mlguard $m/s (non-2xx: $(field "$TMP/sat.json" bad)), ratio ${RATIO[-1]}%, mlguard p99 $(field "$TMP/sat.json" p99) ms"
+  if [[ -n "$BASELINE" ]]; then
+    oha "$SECONDS_PER_RUN" "$TMP/urls.base" -Z "$TMP/mixed.lines" -c "$CONNECTIONS" > "$TMP/base.json"
+    b=$(field "$TMP/base.json" rps)
+    SAT_BASE+=("$b"); RATIO_BASE+=("$(python3 -c "print(f'{100*$b/$e:.1f}')")")
+    echo "baseline saturation: $b/s (non-2xx: $(field "$TMP/base.json" bad)), ratio ${RATIO_BASE[-1]}%, this binary / baseline $(python3 -c "print(f'{100*$m/$b:.1f}')")%"
+  fi
 
   scrape "$TMP/m0"
   oha "$SECONDS_PER_RUN" "$TMP/urls.ml" -Z "$TMP/mixed.lines" -c 8 -q 1000 --latency-correction > "$TMP/fixed.json"
@@ -187,6 +215,7 @@ for rep in $(seq 1 "$REPS"); do
   echo "256 KB pod at 50/s: client p50 ${LARGE_P50[-1]} ms, p99 ${LARGE_P99[-1]} ms; server-side within 5 ms: ${LARGE_SRV[-1]}%"
 done
 stop "$ECHO_PID"
+[[ -n "$BASELINE" ]] && stop "$BASE_PID"
 
 echo "== soak: ${SOAK}s at saturation, RSS sampled every 5 s"
 RSS=("$(rss_kib "$ML_PID")")
@@ -208,6 +237,10 @@ echo "== summary (min / median / max over $REPS repetitions)"
 echo "mlguard saturation (reviews/s):        $(stats "${SAT_ML[@]}")"
 echo "echo saturation (requests/s):          $(stats "${SAT_ECHO[@]}")"
 echo "mlguard / echo (%):                    $(stats "${RATIO[@]}")"
+if [[ -n "$BASELINE" ]]; then
+  echo "baseline saturation (reviews/s):       $(stats "${SAT_BASE[@]}")"
+  echo "baseline / echo (%):                   $(stats "${RATIO_BASE[@]}")"
+fi
 echo "1000/s client p50 (ms):                $(stats "${P50_1K[@]}")"
 echo "1000/s client p99 (ms):                $(stats "${P99_1K[@]}")"
 echo "1000/s client p99.9 (ms):              $(stats "${P999_1K[@]}")"

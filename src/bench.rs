@@ -153,8 +153,10 @@ fn run_policies(evaluator: &Evaluator, reviews: &[Review], iterations: usize) ->
                     continue;
                 }
                 for stage in Stage::ALL {
-                    let (out, elapsed, alloc) =
-                        timed(|| evaluator.evaluate_policy(review.request(), stage, &policy.name));
+                    let (out, elapsed, alloc) = timed(|| match review.request() {
+                        Ok(request) => evaluator.evaluate_policy(request, stage, &policy.name),
+                        Err(_) => None,
+                    });
                     samples.add(elapsed, alloc);
                     fired += usize::from(out.is_some_and(|o| !o.is_empty()));
                 }

@@ -141,16 +141,15 @@ fn annotation(response: &Json, key: &str) -> Option<String> {
     response["auditAnnotations"][key].as_str().map(String::from)
 }
 
-/// The JSON Patch of a response. `patch` is Go's `[]byte`: kube-core writes it as an array of
-/// byte values, which the API server's decoder accepts as well as the base64 string Go itself
-/// writes; both are read here.
+/// The JSON Patch of a response. `patch` is Go's `[]byte`, which the AdmissionReview API
+/// documents as a base64 string; mlguard sends that form.
 fn decoded_patch(response: &Json) -> Option<Json> {
     let bytes: Vec<u8> = match &response["patch"] {
         Json::String(b64) => base64::engine::general_purpose::STANDARD
             .decode(b64)
             .unwrap(),
-        Json::Array(_) => serde_json::from_value(response["patch"].clone()).unwrap(),
-        _ => return None,
+        Json::Null => return None,
+        other => panic!("patch is not a base64 string: {other}"),
     };
     assert_eq!(response["patchType"], "JSONPatch");
     Some(serde_json::from_slice(&bytes).unwrap())

@@ -5,8 +5,8 @@
 pub mod reply;
 pub mod review;
 
-pub use reply::internal_error;
-pub use review::{object_name, parse, ParsedReview, ReviewError, API_VERSION};
+pub use reply::{internal_error, Reply};
+pub use review::{object_name, parse, ParsedReview, ReviewError, UnreadableObject, API_VERSION};
 
 use crate::policy::verdict::{decide, Enforcement, Verdict};
 use crate::policy::{Action, Evaluator, Stage};
@@ -61,7 +61,11 @@ pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: M
             ..Default::default()
         };
     }
-    let outputs = evaluator.evaluate(review.request(), stage);
+    let request = match review.request() {
+        Ok(request) => request,
+        Err(unreadable) => return Verdict::error(unreadable.to_string()),
+    };
+    let outputs = evaluator.evaluate(request, stage);
     let object = outputs
         .iter()
         .any(|o| !o.patch.is_empty())
@@ -88,11 +92,8 @@ pub fn parse_and_admit(
 ) -> Result<(ParsedReview, Verdict), ReviewError> {
     let parsed = parse(body)?;
     let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| admit_parsed(&parsed)))
-        .unwrap_or_else(|_| Verdict {
-            allowed: false,
-            had_error: true,
-            denials: vec!["internal error while evaluating policies (see mlguard's log)".into()],
-            ..Default::default()
+        .unwrap_or_else(|_| {
+            Verdict::error("internal error while evaluating policies (see mlguard's log)".into())
         });
     Ok((parsed, verdict))
 }

@@ -24,6 +24,16 @@ pub enum ReviewError {
     MissingUid,
 }
 
+/// An object or old object mlguard could not turn into policy input in full: a number it
+/// cannot represent (`1e400`), nesting deeper than its parser allows. Such a review is refused,
+/// never evaluated as if the object were empty.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("mlguard cannot read the review's `{member}` in full ({reason}); it does not admit what it cannot check")]
+pub struct UnreadableObject {
+    pub member: &'static str,
+    pub reason: String,
+}
+
 /// An AdmissionReview request, parsed once.
 #[derive(Debug, Clone)]
 pub struct ParsedReview {
@@ -44,7 +54,7 @@ pub struct ParsedReview {
     envelope: Value,
     /// `object` and `oldObject` as received, until `request` needs them.
     raw_objects: [Option<Box<RawValue>>; 2],
-    request: OnceLock<Value>,
+    request: OnceLock<Result<Value, UnreadableObject>>,
 }
 
 /// The request's members kept as raw JSON, with their names in the request.
@@ -161,8 +171,10 @@ impl<'de> serde::de::Visitor<'de> for Parse<'_, 'de> {
     }
 }
 
-/// An object or old object as the policies see it: managedFields left out.
-fn build_object(raw: &RawValue) -> Value {
+/// An object or old object as the policies see it: managedFields left out. The text was
+/// checked to be JSON while the body was parsed, but only its syntax: a number out of range or
+/// nesting past the parser's limit shows up here, and is an error, never an empty object.
+fn build_object(raw: &RawValue) -> Result<Value, String> {
     use serde::de::DeserializeSeed;
     let unused = RefCell::new([None, None]);
     let mut de = serde_json::Deserializer::from_str(raw.get());
@@ -171,8 +183,7 @@ fn build_object(raw: &RawValue) -> Value {
         raw: &unused,
     }
     .deserialize(&mut de)
-    // The text was checked to be JSON while the body was parsed.
-    .unwrap_or(Value::Null)
+    .map_err(|e| e.to_string())
 }
 
 pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
@@ -228,7 +239,13 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
     // The API server names the object in the request, except a pod a controller creates with
     // generateName, and gives its namespace; only then is the object itself read here.
     if parsed.name.is_empty() || parsed.namespace.is_empty() {
-        let metadata = &parsed.request()["object"]["metadata"];
+        // An object that cannot be read leaves the names as sent; the review is refused
+        // when a policy would read it.
+        let undefined = Value::Undefined;
+        let metadata = match parsed.request() {
+            Ok(request) => &request["object"]["metadata"],
+            Err(_) => &undefined,
+        };
         let name = object_name(&text(&metadata["name"]), &text(&metadata["generateName"]));
         let namespace = text(&metadata["namespace"]);
         if parsed.name.is_empty() {
@@ -254,18 +271,22 @@ pub fn object_name(name: &str, generate_name: &str) -> String {
 impl ParsedReview {
     /// The AdmissionRequest as the policies see it (`input.review`), without managedFields.
     /// The objects are built from their JSON on the first call.
-    pub fn request(&self) -> &Value {
-        self.request.get_or_init(|| {
-            let mut request = self.envelope.clone();
-            if let Ok(map) = request.as_object_mut() {
-                for (member, raw) in RAW_MEMBERS.iter().zip(&self.raw_objects) {
-                    if let Some(raw) = raw {
-                        map.insert(Value::from(*member), build_object(raw));
+    pub fn request(&self) -> Result<&Value, &UnreadableObject> {
+        self.request
+            .get_or_init(|| {
+                let mut request = self.envelope.clone();
+                if let Ok(map) = request.as_object_mut() {
+                    for (member, raw) in RAW_MEMBERS.iter().zip(&self.raw_objects) {
+                        if let Some(raw) = raw {
+                            let object = build_object(raw)
+                                .map_err(|reason| UnreadableObject { member, reason })?;
+                            map.insert(Value::from(*member), object);
+                        }
                     }
                 }
-            }
-            request
-        })
+                Ok(request)
+            })
+            .as_ref()
     }
 
     /// Only CREATE and UPDATE of Pods and Jobs reach the policies; everything else (other
@@ -296,7 +317,7 @@ impl ParsedReview {
 
     /// The object under review as JSON, for patching. Only called when a policy patches.
     pub fn object_json(&self) -> Option<serde_json::Value> {
-        match &self.request()["object"] {
+        match &self.request().ok()?["object"] {
             Value::Undefined | Value::Null => None,
             v => serde_json::to_value(v).ok(),
         }
@@ -327,7 +348,7 @@ mod tests {
         assert_eq!(r.subject(), "Pod ml/train-*");
         assert!(r.is_policy_subject());
         assert_eq!(
-            r.request()["object"]["metadata"]["managedFields"],
+            r.request().unwrap()["object"]["metadata"]["managedFields"],
             Value::Undefined
         );
     }
@@ -378,7 +399,7 @@ mod tests {
             r.request.get().is_none(),
             "a named, namespaced review is routed without its objects"
         );
-        let request = r.request();
+        let request = r.request().unwrap();
         assert_eq!(request["object"]["spec"]["replicas"], Value::from(2u64));
         assert_eq!(request["oldObject"]["spec"]["replicas"], Value::from(1u64));
         assert_eq!(
@@ -386,5 +407,29 @@ mod tests {
             Value::Undefined
         );
         assert_eq!(request["uid"], Value::from("u2"));
+    }
+
+    /// What the body parser only checked for syntax (a number out of range, nesting past the
+    /// parser's limit) is an error when the object is built, never an empty object.
+    #[test]
+    fn an_object_that_cannot_be_read_is_an_error() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for (object, why) in [
+            (
+                r#"{"spec": {"priority": 1e400}}"#.to_string(),
+                "out of range",
+            ),
+            (format!(r#"{{"spec": {{"x": {deep}}}}}"#), "recursion"),
+        ] {
+            let text = format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"namespace":"ml","name":"p","operation":"CREATE","object":{object}}}}}"#
+            );
+            let r = parse(text.as_bytes()).expect("the syntax is fine");
+            let err = r.request().unwrap_err();
+            assert_eq!(err.member, "object");
+            assert!(err.reason.contains(why), "{err}");
+            assert!(err.to_string().contains("does not admit"), "{err}");
+            assert_eq!(r.object_json(), None);
+        }
     }
 }

@@ -61,6 +61,17 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// A denial that is not a policy's: mlguard could not evaluate the review (a panic, an
+    /// object it cannot read, a deadline). Counted as an error, never an admission.
+    pub fn error(message: String) -> Verdict {
+        Verdict {
+            allowed: false,
+            had_error: true,
+            denials: vec![message],
+            ..Default::default()
+        }
+    }
+
     /// The single `status.message` of a denial.
     pub fn status_message(&self, subject: &str) -> String {
         format!("mlguard denied {subject}: {}", self.denials.join("; "))
