@@ -8,7 +8,17 @@ import data.mlguard.lib.workload.limits
 import data.mlguard.lib.workload.qty
 import data.mlguard.lib.workload.requests
 import data.mlguard.lib.workload.subject
+import data.mlguard.lib.workload.unreadable_gpu_quantities
 import rego.v1
+
+# A GPU count mlguard cannot read would skip every check that counts GPUs.
+deny contains msg if {
+	some what in unreadable_gpu_quantities
+	msg := sprintf(
+		"%s: %s is not a Kubernetes quantity (write a whole number such as 1 or 8); mlguard does not admit GPUs it cannot count",
+		[subject, what],
+	)
+}
 
 deny contains msg if {
 	some entry in containers

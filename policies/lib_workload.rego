@@ -113,10 +113,88 @@ used_vendors contains vendor if {
 
 # --- Quantities and demand -----------------------------------------------------------------
 
-# GPU quantities are whole numbers; manifests may write them as numbers or strings.
+# A quantity as a number. Manifests may write one as a number or as a string in Kubernetes'
+# quantity format; a value neither reads is undefined here, and listed by
+# unreadable_gpu_quantities, so that a policy refuses it rather than skip a check.
 qty(q) := q if is_number(q)
 
-qty(q) := to_number(q) if is_string(q)
+qty(q) := quantity(q) if is_string(q)
+
+# Kubernetes quantities ("8", "500m", "16Gi", "2k", "1e3"), by the grammar of apimachinery's
+# resource.Quantity, as mlguard's Rust reader (src/cluster/quantity.rs) reads them:
+# a signed number (digits, with an optional decimal point) and a suffix, one of the decimal
+# SI suffixes n u m k M G T P E, the binary ones Ki Mi Gi Ti Pi Ei, or an exponent e3, E-2.
+quantity_grammar := `^([+-]?)([0-9]+\.?[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$`
+
+quantity(s) := ((sign_of(parts[1]) * mantissa(parts[2])) * quantity_multiplier(parts[3])) / quantity_divisor(parts[3]) if {
+	parts := regex.find_all_string_submatch_n(quantity_grammar, s, 1)[0]
+}
+
+sign_of("-") := -1
+
+sign_of(s) := 1 if s != "-"
+
+# "1." and ".5" as numbers every Rego engine reads.
+mantissa(n) := to_number(sprintf("%s.%s", [digits_or_zero(whole), digits_or_zero(fraction)])) if {
+	[whole, fraction] := split(n, ".")
+}
+
+mantissa(n) := to_number(n) if not contains(n, ".")
+
+digits_or_zero("") := "0"
+
+digits_or_zero(d) := d if d != ""
+
+# A suffix scales by a whole multiplier or divisor (division keeps 5u exactly 0.000005 on
+# engines that compute in binary floating point).
+quantity_multipliers := {
+	"": 1, "k": 1000, "M": 1000000, "G": 1000000000, "T": 1000000000000,
+	"P": 1000000000000000, "E": 1000000000000000000,
+	"Ki": 1024, "Mi": 1048576, "Gi": 1073741824, "Ti": 1099511627776,
+	"Pi": 1125899906842624, "Ei": 1152921504606846976,
+}
+
+quantity_divisors := {"n": 1000000000, "u": 1000000, "m": 1000}
+
+quantity_multiplier(suffix) := quantity_multipliers[suffix]
+
+quantity_multiplier(suffix) := 1 if quantity_divisors[suffix]
+
+quantity_multiplier(suffix) := power_of_ten(exponent(suffix)) if exponent(suffix) >= 0
+
+quantity_multiplier(suffix) := 1 if exponent(suffix) < 0
+
+quantity_divisor(suffix) := quantity_divisors[suffix]
+
+quantity_divisor(suffix) := 1 if quantity_multipliers[suffix]
+
+quantity_divisor(suffix) := 1 if exponent(suffix) >= 0
+
+quantity_divisor(suffix) := power_of_ten(0 - exponent(suffix)) if exponent(suffix) < 0
+
+# The exponent of a suffix such as e3 or E-2.
+exponent(suffix) := to_number(trim_prefix(substring(suffix, 1, -1), "+")) if {
+	not quantity_multipliers[suffix]
+	not quantity_divisors[suffix]
+}
+
+# 10 to a power. Beyond 10^30 no resource is meant; such a value is unreadable.
+power_of_ten(0) := 1
+
+power_of_ten(e) := product([10 | some _ in numbers.range(1, e)]) if {
+	e > 0
+	e <= 30
+}
+
+# GPU requests and limits of the pod that are not quantities, each as
+# `container "x" limits nvidia.com/gpu: "1x"`.
+unreadable_gpu_quantities contains sprintf("%s %s %s: %v", [describe(entry), field, r, q]) if {
+	some entry in containers
+	some field in ["requests", "limits"]
+	some r, q in object.get(entry.container, ["resources", field], {})
+	r in entry.gpu
+	not qty(q)
+}
 
 # What a container asks for. Where only the limit is set, the API server defaults the request
 # to it (on Pods at creation; a Job's pods get the same when the Job creates them).

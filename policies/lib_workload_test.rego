@@ -54,3 +54,40 @@ test_job_concurrency if {
 test_subject_names_generated_pods if {
 	workload.subject == "Pod ml/train-*" with input as {"review": {"kind": {"kind": "Pod"}, "namespace": "ml", "object": {"metadata": {"generateName": "train-"}}}}
 }
+
+# Every suffix of the Kubernetes quantity grammar (tests/quantities.rs holds the Rego and the
+# Rust reader to the same answers on a longer list).
+test_quantities_every_suffix if {
+	workload.quantity("8") == 8
+	workload.quantity("1k") == 1000
+	workload.quantity("2k") == 2000
+	workload.quantity("500m") == 0.5
+	workload.quantity("1Ki") == 1024
+	workload.quantity("16Gi") == 17179869184
+	workload.quantity("1e3") == 1000
+	workload.quantity("15e-1") == 1.5
+	workload.quantity(".5") == 0.5
+	workload.quantity("1.") == 1
+	workload.quantity("3M") == 3000000
+	workload.quantity("7E") == 7000000000000000000
+	workload.quantity("5u") == 0.000005
+	workload.quantity("-1") == -1
+}
+
+test_quantities_unreadable if {
+	not workload.quantity("1x")
+	not workload.quantity("1e")
+	not workload.quantity("1ki")
+	not workload.quantity("")
+	not workload.quantity(" 1")
+	not workload.quantity("1e400")
+}
+
+test_unreadable_gpu_quantities_are_listed if {
+	c := {"name": "train", "resources": {"limits": {"nvidia.com/gpu": "1x"}}}
+	unreadable := workload.unreadable_gpu_quantities with input as {"review": {
+		"kind": {"kind": "Pod"},
+		"object": {"spec": {"containers": [c]}},
+	}}
+	unreadable == {`container "train" limits nvidia.com/gpu: 1x`}
+}

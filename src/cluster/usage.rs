@@ -18,6 +18,8 @@ type Resources = BTreeMap<String, f64>;
 
 /// `requests` or `limits` of one container. A request left out where a limit is given defaults
 /// to the limit, as the API server's defaulting does before admission.
+/// A value that is not a quantity is left out: the policies refuse a pod whose GPU
+/// quantities they cannot read, so no reservation is made for one.
 fn container_resources(container: &Json, field: &str) -> Resources {
     let resources = &container["resources"];
     let read = |field: &str| -> Resources {
@@ -25,7 +27,7 @@ fn container_resources(container: &Json, field: &str) -> Resources {
             .as_object()
             .into_iter()
             .flatten()
-            .filter_map(|(k, v)| Some((k.clone(), quantity::parse(v.as_str()?).ok()?)))
+            .filter_map(|(k, v)| Some((k.clone(), quantity::from_json(v).ok()?)))
             .collect()
     };
     let mut out = read(field);
@@ -81,7 +83,7 @@ pub fn pod_resources(pod: &Json, field: &str) -> Resources {
         .as_object()
         .into_iter()
         .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), quantity::parse(v.as_str()?).ok()?)))
+        .filter_map(|(k, v)| Some((k.clone(), quantity::from_json(v).ok()?)))
         .collect();
     add(&mut total, &overhead);
     total
