@@ -57,9 +57,23 @@ deny contains msg if {
 	some r in pod_gpu_resources
 	asked := demand(pod_spec, r, "requests")
 	most := largest(r)
+	most > 0
 	asked > most
 	msg := sprintf(
 		"%s asks for %v %s in one pod, but the largest schedulable node%s offers %v; it would stay Pending forever: ask for at most %v per pod and spread the work over more pods",
 		[subject, asked, r, where, most, most],
+	)
+}
+
+# No node offers the resource at all: "ask for at most 0" would be no advice.
+deny contains msg if {
+	object.get(cluster, "node_count", 0) > 0
+	some r in pod_gpu_resources
+	asked := demand(pod_spec, r, "requests")
+	asked > 0
+	largest(r) <= 0
+	msg := sprintf(
+		"%s asks for %v %s, but no schedulable node%s offers %s; it would stay Pending forever: ask for a GPU resource the cluster's nodes offer, or ask a cluster admin for nodes with %s",
+		[subject, asked, r, where, r, r],
 	)
 }

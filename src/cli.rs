@@ -66,6 +66,23 @@ pub enum Command {
     /// Time a policy set on manifests, in-process: reviews/s, latency and memory per review,
     /// in total and per policy.
     Bench(BenchArgs),
+    /// Print the version and the git commit it was built from.
+    Version,
+    /// Print a shell completion script: `mlguard completions bash > ~/.local/share/bash-completion/completions/mlguard`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "mlguard", out);
 }
 
 #[derive(Debug, Args, Clone)]
@@ -93,9 +110,11 @@ pub struct ServeArgs {
     /// Private key of the serving certificate (PEM).
     #[arg(long, env = "MLGUARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Where development certificates are written and reused.
-    #[arg(long, env = "MLGUARD_DEV_CERTS_DIR", default_value = "certs")]
-    pub dev_certs_dir: PathBuf,
+    /// Where development certificates are written and reused [default:
+    /// $XDG_STATE_HOME/mlguard/certs, else ~/.local/state/mlguard/certs: the same directory
+    /// wherever `serve` is started].
+    #[arg(long, env = "MLGUARD_DEV_CERTS_DIR")]
+    pub dev_certs_dir: Option<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// Cluster state file (ResourceQuota, Node, Namespace as `kubectl get -o yaml` prints them).
@@ -145,6 +164,10 @@ pub enum OutputFormat {
     Text,
     Json,
     Junit,
+    /// wgpolicyk8s.io/v1alpha2 PolicyReports (one per namespace) and a ClusterPolicyReport,
+    /// as a YAML stream for `kubectl apply -f -`.
+    #[value(name = "policyreport")]
+    PolicyReport,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +197,10 @@ pub struct AuditArgs {
     /// Print the mutated manifests as YAML after the report.
     #[arg(long)]
     pub show_patched: bool,
+    /// Text report: list only the objects that would be denied or are in error, then the
+    /// summary line (which still counts every object).
+    #[arg(long)]
+    pub failures_only: bool,
     /// Caps every policy's enforcement action, as `serve --mode` does.
     #[arg(long, value_enum, default_value_t = Mode::Enforce)]
     pub mode: Mode,

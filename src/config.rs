@@ -121,6 +121,26 @@ pub fn policy_origin(args: &PolicyArgs) -> (Origin, Backend) {
     (origin, backend)
 }
 
+/// Where `serve` keeps development certificates when `--dev-certs-dir` is not given: one
+/// directory per user, whatever the working directory, so the CA a client was told to trust
+/// stays the same from one start to the next. `$XDG_STATE_HOME/mlguard/certs` (the XDG base
+/// directory for state that persists between runs; only an absolute value counts, as the
+/// specification says), else `$HOME/.local/state/mlguard/certs`, else `certs` in the working
+/// directory when there is no home directory at all.
+pub fn default_dev_certs_dir(
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(state) = absolute(xdg_state_home) {
+        return state.join("mlguard").join("certs");
+    }
+    if let Some(home) = absolute(home) {
+        return home.join(".local/state/mlguard/certs");
+    }
+    PathBuf::from("certs")
+}
+
 fn seconds(name: &str, value: f64, min: f64) -> Result<Duration, ConfigError> {
     if !value.is_finite() || value < min {
         return Err(ConfigError(format!(
@@ -144,7 +164,12 @@ impl ServeConfig {
                 key: key.clone(),
             },
             (None, None) => TlsSource::Dev {
-                dir: args.dev_certs_dir.clone(),
+                dir: args.dev_certs_dir.clone().unwrap_or_else(|| {
+                    default_dev_certs_dir(
+                        std::env::var_os("XDG_STATE_HOME"),
+                        std::env::var_os("HOME"),
+                    )
+                }),
             },
             _ => {
                 return Err(ConfigError(
@@ -257,15 +282,37 @@ mod tests {
     #[test]
     fn defaults_use_dev_certs_and_embedded_policies() {
         let c = serve(&[]).unwrap();
-        assert_eq!(
-            c.tls,
-            TlsSource::Dev {
-                dir: "certs".into()
-            }
+        assert!(
+            matches!(&c.tls, TlsSource::Dev { dir } if dir.ends_with("mlguard/certs") || dir == std::path::Path::new("certs")),
+            "{:?}",
+            c.tls
         );
+        let given = serve(&["--dev-certs-dir", "here"]).unwrap();
+        assert_eq!(given.tls, TlsSource::Dev { dir: "here".into() });
         assert_eq!(c.policies, Origin::Embedded);
         assert_eq!(c.listen.port(), 8443);
         assert_eq!(c.probe_listen.port(), 8080);
+    }
+
+    #[test]
+    fn dev_certs_default_to_the_users_state_directory() {
+        let d = |x: Option<&str>, h: Option<&str>| {
+            default_dev_certs_dir(x.map(Into::into), h.map(Into::into))
+        };
+        assert_eq!(
+            d(Some("/s"), Some("/home/u")),
+            PathBuf::from("/s/mlguard/certs")
+        );
+        assert_eq!(
+            d(None, Some("/home/u")),
+            PathBuf::from("/home/u/.local/state/mlguard/certs")
+        );
+        // A relative XDG_STATE_HOME is invalid and ignored, as the specification says.
+        assert_eq!(
+            d(Some("rel"), Some("/home/u")),
+            PathBuf::from("/home/u/.local/state/mlguard/certs")
+        );
+        assert_eq!(d(Some(""), None), PathBuf::from("certs"));
     }
 
     #[test]

@@ -19,6 +19,18 @@ fn main() -> ExitCode {
         Command::Audit(args) => mlguard::audit::run(&args),
         Command::Test(args) => mlguard::casefile::run(&args),
         Command::Bench(args) => mlguard::bench::run(&args),
+        Command::Version => {
+            println!(
+                "mlguard {} (commit {})",
+                mlguard::metrics::VERSION,
+                mlguard::metrics::COMMIT
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Completions(args) => {
+            mlguard::cli::completions(args.shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
     }
 }
 

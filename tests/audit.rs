@@ -435,3 +435,187 @@ fn embedded_default_policies_audit_the_fixtures() {
         .to_string()
         .contains("nvidia.com/gpu"));
 }
+
+/// Where the PolicyReport streams are written for tests/schema/test_policy_reports.py, which
+/// validates them against the PolicyReport CRDs (scripts/test runs this file first).
+fn keep_for_schema_check(name: &str, text: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/policy-reports");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn results_of<'a>(reports: &'a [Json], kind: &str, name: &str, policy: &str) -> &'a Json {
+    reports
+        .iter()
+        .flat_map(|r| r["results"].as_array().unwrap())
+        .find(|r| {
+            r["resources"][0]["kind"] == kind
+                && r["resources"][0]["name"] == name
+                && r["policy"] == policy
+        })
+        .unwrap_or_else(|| panic!("no result for {kind}/{name} and {policy}"))
+}
+
+#[test]
+fn policy_reports_one_per_namespace_and_one_for_the_cluster() {
+    let out = audit(&["-o", "policyreport"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    keep_for_schema_check("fixtures.yaml", &text);
+    let reports = mlguard::cluster::snapshot::parse_objects(&text).unwrap();
+    let heads: Vec<(&str, &str)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["metadata"]["namespace"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let namespaces = [
+        "cpu-only",
+        "default",
+        "ml-research",
+        "sandbox",
+        "serving",
+        "trial",
+    ];
+    let mut expected: Vec<(&str, &str)> =
+        namespaces.iter().map(|ns| ("PolicyReport", *ns)).collect();
+    expected.push(("ClusterPolicyReport", ""));
+    assert_eq!(heads, expected);
+
+    // One result per object and policy; the summaries count them.
+    let policies = 5;
+    let mut total = 0;
+    for r in &reports {
+        assert_eq!(r["apiVersion"], "wgpolicyk8s.io/v1alpha2");
+        let results = r["results"].as_array().unwrap();
+        for what in ["pass", "fail", "warn", "error", "skip"] {
+            let n = results.iter().filter(|x| x["result"] == what).count();
+            assert_eq!(r["summary"][what], n, "{what} in {}", r["metadata"]);
+        }
+        assert!(results.iter().all(|x| x["source"] == "mlguard"
+            && x["timestamp"]["seconds"].as_u64().unwrap() > 1_700_000_000));
+        total += results.len();
+    }
+    assert_eq!(total, 18 * policies);
+
+    let denied = results_of(&reports, "Deployment", "llm-serve", "gpu_limits");
+    assert_eq!(denied["result"], "fail");
+    assert_eq!(
+        denied["resources"][0],
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "serving", "name": "llm-serve"})
+    );
+    assert!(
+        denied["message"]
+            .as_str()
+            .unwrap()
+            .contains("container \"tgi\" requests 2 nvidia.com/gpu without a limit"),
+        "{denied}"
+    );
+    let dryrun = results_of(&reports, "Pod", "trial-gpu", "gpu_namespace");
+    assert_eq!(dryrun["result"], "warn");
+    assert!(
+        dryrun["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("dryrun, would deny: namespace trial does not allow GPUs"),
+        "{dryrun}"
+    );
+    assert_eq!(
+        results_of(&reports, "Pod", "cpu-preprocess", "gpu_limits")["result"],
+        "pass"
+    );
+    assert_eq!(
+        results_of(&reports, "Service", "triton-inference", "gpu_limits")["result"],
+        "skip"
+    );
+    let patched = results_of(&reports, "Pod", "pytorch-train", "gpu_toleration");
+    assert_eq!(patched["result"], "pass");
+    assert!(
+        patched["message"].as_str().unwrap().starts_with(
+            "admitted with changes: Pod ml-research/pytorch-train add /spec/tolerations"
+        ),
+        "{patched}"
+    );
+
+    // The document that is not a Kubernetes object: an error in the cluster report, with its file.
+    let cluster = reports.last().unwrap();
+    let errors: Vec<&Json> = cluster["results"].as_array().unwrap().iter().collect();
+    assert_eq!(errors.len(), policies);
+    assert!(errors
+        .iter()
+        .all(|e| e["result"] == "error" && e.get("resources").is_none()));
+    assert!(
+        errors[0]["properties"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("not-k8s/values.yaml"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn cluster_scoped_objects_are_in_the_cluster_policy_report() {
+    let manifests = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n---\n\
+        apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: reader}\nrules: []\n---\n\
+        apiVersion: v1\nkind: Pod\nmetadata: {name: gpu}\nspec:\n  containers:\n  - {name: c, image: i, resources: {limits: {nvidia.com/gpu: 1}}}\n";
+    let out = with_test_policies(
+        "-",
+        &["--namespace", "team-a", "-o", "policyreport"],
+        Some(manifests),
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    keep_for_schema_check("cluster-scoped.yaml", &text);
+    let reports = mlguard::cluster::snapshot::parse_objects(&text).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["metadata"]["namespace"], "team-a");
+    let cluster = &reports[1];
+    assert_eq!(cluster["kind"], "ClusterPolicyReport");
+    let kinds: Vec<&str> = cluster["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resources"][0]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "Namespace").count(), 5);
+    assert_eq!(kinds.iter().filter(|k| **k == "ClusterRole").count(), 5);
+    assert!(cluster["results"][0]["resources"][0]
+        .get("namespace")
+        .is_none());
+    assert_eq!(cluster["summary"]["skip"], 10);
+}
+
+#[test]
+fn failures_only_lists_denied_and_error_objects_and_the_full_summary() {
+    let out = audit(&["--failures-only"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert_eq!(text.lines().last().unwrap(), SUMMARY, "{text}");
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_uppercase()))
+        .collect();
+    assert_eq!(statuses.len(), 5, "{text}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "DENIED").count(),
+        4,
+        "{text}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "ERROR").count(),
+        1,
+        "{text}"
+    );
+    for absent in ["WARNED", "MUTATED", "CLEAN", "SKIPPED", "pytorch-train"] {
+        assert!(!text.contains(absent), "{absent} in\n{text}");
+    }
+    let out = audit(&["--failures-only", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--failures-only applies to the text report"));
+}

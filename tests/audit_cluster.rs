@@ -167,4 +167,35 @@ async fn audit_cluster_audits_the_running_workloads() {
     assert_ne!(status_of("big"), "denied", "{report}");
     assert_eq!(status_of("sweep"), "clean", "{report}");
     assert_eq!(report["objects"].as_array().unwrap().len(), 3);
+
+    // The same audit as PolicyReports, ready for `kubectl apply -f -`.
+    let kubeconfig = write_kubeconfig(dir.path(), server.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mlguard"))
+            .args(["audit", "--cluster", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["-o", "policyreport"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let reports =
+        mlguard::cluster::snapshot::parse_objects(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let kinds: Vec<&str> = reports
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["PolicyReport", "ClusterPolicyReport"]);
+    assert_eq!(reports[0]["metadata"]["namespace"], "ml");
+    let no_limit = reports[0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"][0]["name"] == "no-limit" && r["policy"] == "gpu_limits")
+        .unwrap();
+    assert_eq!(no_limit["result"], "fail");
+    assert_eq!(no_limit["resources"][0]["kind"], "Pod");
+    assert_eq!(reports[0]["summary"]["fail"], 1, "{}", reports[0]);
 }

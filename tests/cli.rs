@@ -1,5 +1,5 @@
-//! The `mlguard` binary as users run it: `test`, `certs`, `serve` start-up failures and a
-//! SIGTERM shutdown.
+//! The `mlguard` binary as users run it: `test`, `certs`, `version`, `completions`, `serve`
+//! start-up failures, where development certificates live, and a SIGTERM shutdown.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -231,23 +231,28 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// `mlguard serve` on its defaults, started in `cwd` with `env` (HOME and XDG_STATE_HOME are
+/// always replaced, so the test never touches the real home directory), stopped with SIGTERM
+/// once ready.
 #[cfg(unix)]
-#[test]
-fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_sigterm() {
-    let work = tempfile::tempdir().unwrap();
+fn serve_until_ready_then_sigterm(cwd: &Path, env: &[(&str, &Path)]) -> Output {
     let (webhook, probe) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_mlguard"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{webhook}")])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlguard"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{webhook}")])
         .args(["--probe-listen", &format!("127.0.0.1:{probe}")])
-        .current_dir(work.path())
+        .current_dir(cwd)
+        .env_remove("HOME")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("MLGUARD_DEV_CERTS_DIR")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
     wait_for("readiness", || {
         get(probe, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     });
-    assert!(Path::new(&work.path().join("certs/tls.crt")).exists());
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -255,9 +260,25 @@ fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_si
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_sigterm() {
+    let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = serve_until_ready_then_sigterm(work.path(), &[("HOME", home.path())]);
+    let certs = home.path().join(".local/state/mlguard/certs");
+    assert!(certs.join("tls.crt").exists());
+    assert!(
+        !work.path().join("certs").exists(),
+        "nothing in the working directory"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("caBundle") && stdout.contains("LS0tLS1CRUdJTi"),
+        stdout.contains("caBundle")
+            && stdout.contains("LS0tLS1CRUdJTi")
+            && stdout.contains(&format!("{}/ca.crt", certs.display())),
         "{stdout}"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -265,6 +286,89 @@ fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_si
         stderr.contains("shutdown requested") && stderr.contains("mlguard stopped"),
         "{stderr}"
     );
+}
+
+/// The CA a client was told to trust must survive a restart from another directory.
+#[cfg(unix)]
+#[test]
+fn dev_certificates_stay_the_same_wherever_serve_is_started() {
+    let state = tempfile::tempdir().unwrap();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let env = [("XDG_STATE_HOME", state.path())];
+    serve_until_ready_then_sigterm(first.path(), &env);
+    let ca = state.path().join("mlguard/certs/ca.crt");
+    let before = std::fs::read_to_string(&ca).unwrap();
+    serve_until_ready_then_sigterm(second.path(), &env);
+    assert_eq!(
+        std::fs::read_to_string(&ca).unwrap(),
+        before,
+        "the CA is reused"
+    );
+    for dir in [&first, &second] {
+        assert!(!dir.path().join("certs").exists());
+    }
+}
+
+#[test]
+fn version_prints_the_version_and_commit() {
+    let out = mlguard(&["version"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let line = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    let expected = format!("mlguard {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&expected) && line.ends_with(')'), "{line}");
+    let commit = &line[expected.len()..line.len() - 1];
+    assert!(!commit.is_empty() && !commit.contains(' '), "{line}");
+}
+
+#[test]
+fn completions_are_scripts_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _mlguard"),
+        ("zsh", "#compdef mlguard"),
+        ("fish", "complete -c mlguard"),
+    ] {
+        let out = mlguard(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {}", text(&out));
+        assert!(script.contains(marker), "{shell}: {script}");
+        // Subcommands and their flags are completed.
+        assert!(
+            script.contains("failures-only") && script.contains("policyreport"),
+            "{shell}"
+        );
+    }
+    assert_eq!(mlguard(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+/// bash itself accepts the script and completes a subcommand.
+#[cfg(unix)]
+#[test]
+fn bash_completion_loads_and_completes_subcommands() {
+    let Ok(bash) = which_bash() else { return };
+    let script = String::from_utf8(mlguard(&["completions", "bash"]).stdout).unwrap();
+    let probe = format!(
+        "{script}\nCOMP_WORDS=(mlguard au); COMP_CWORD=1; COMP_LINE='mlguard au'; COMP_POINT=10; _mlguard mlguard au mlguard; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    );
+    let out = Command::new(bash)
+        .args(["--norc", "-c", &probe])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "audit",
+        "{}",
+        text(&out)
+    );
+}
+
+#[cfg(unix)]
+fn which_bash() -> Result<PathBuf, ()> {
+    ["/bin/bash", "/usr/bin/bash"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or(())
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! cannot run (unreadable or invalid file, bad policies or cluster snapshot).
 
 pub mod objects;
+pub mod policyreport;
 pub mod report;
 
 use std::io::{IsTerminal, Write};
@@ -128,6 +129,8 @@ pub struct ObjectReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub mode: Mode,
+    /// The policies that ran on every admission (enabled, on CREATE), in the set's order.
+    pub policies: Vec<String>,
     pub objects: Vec<ObjectReport>,
 }
 
@@ -413,8 +416,16 @@ fn audit_manifests(
             .collect()
     });
     results.sort_by_key(|(i, _)| *i);
+    let policies = evaluator
+        .set
+        .policies
+        .iter()
+        .filter(|p| p.settings.applies_to("CREATE"))
+        .map(|p| p.name.clone())
+        .collect();
     Report {
         mode,
+        policies,
         objects: results.into_iter().map(|(_, r)| r).collect(),
     }
 }
@@ -478,6 +489,14 @@ fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
 
 /// `mlguard audit`.
 pub fn run(args: &crate::cli::AuditArgs) -> ExitCode {
+    if args.failures_only && args.output != crate::cli::OutputFormat::Text {
+        eprintln!("mlguard audit: --failures-only applies to the text report (-o text)");
+        return ExitCode::from(2);
+    }
+    if args.show_patched && args.output == crate::cli::OutputFormat::PolicyReport {
+        eprintln!("mlguard audit: --show-patched cannot be combined with -o policyreport (the output is a stream of PolicyReport objects)");
+        return ExitCode::from(2);
+    }
     let report = match execute(args) {
         Ok(r) => r,
         Err(e) => {
@@ -487,7 +506,11 @@ pub fn run(args: &crate::cli::AuditArgs) -> ExitCode {
     };
     let text = match args.output {
         crate::cli::OutputFormat::Text => {
-            let mut t = report::text(&report, color_wanted());
+            let mut t = if args.failures_only {
+                report::failures_text(&report, color_wanted())
+            } else {
+                report::text(&report, color_wanted())
+            };
             if args.show_patched {
                 t.push_str(&report::patched_yaml(&report));
             }
@@ -495,6 +518,10 @@ pub fn run(args: &crate::cli::AuditArgs) -> ExitCode {
         }
         crate::cli::OutputFormat::Json => report::json(&report, args.show_patched),
         crate::cli::OutputFormat::Junit => report::junit(&report, args.show_patched),
+        crate::cli::OutputFormat::PolicyReport => policyreport::yaml(&policyreport::reports(
+            &report,
+            std::time::SystemTime::now(),
+        )),
     };
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

@@ -157,15 +157,36 @@ pub fn summary_line(s: &Summary) -> String {
 /// A table grouped by namespace and object, each object's findings under it, and a summary
 /// line. `color` adds ANSI colors (for a terminal).
 pub fn text(report: &Report, color: bool) -> String {
+    text_of(report, color, |_| true)
+}
+
+/// Whether an object belongs in `--failures-only` output: the API server would reject it, or
+/// it could not be audited.
+pub fn is_failure(o: &ObjectReport) -> bool {
+    matches!(o.status, Status::Denied | Status::Error)
+}
+
+/// [`text`] with only the objects that would be denied or are in error; the summary line
+/// still counts every object, so nothing is hidden from the totals.
+pub fn failures_text(report: &Report, color: bool) -> String {
+    text_of(report, color, is_failure)
+}
+
+fn text_of(report: &Report, color: bool, shown: impl Fn(&ObjectReport) -> bool) -> String {
     let width = report
         .objects
         .iter()
+        .filter(|o| shown(o))
         .map(|o| object_label(o).chars().count())
         .max()
         .unwrap_or(0)
         .min(56);
     let mut out = String::new();
     for (namespace, objects) in by_namespace(report) {
+        let objects: Vec<&ObjectReport> = objects.into_iter().filter(|o| shown(o)).collect();
+        if objects.is_empty() {
+            continue;
+        }
         let heading = match namespace {
             Some(ns) => format!("namespace {ns}"),
             None => "not Kubernetes objects".to_string(),
@@ -481,6 +502,7 @@ mod tests {
         invalid.message = Some("not a Kubernetes object: no kind\u{1}".into());
         Report {
             mode: Mode::Enforce,
+            policies: vec!["gpu".into(), "tol".into()],
             objects: vec![
                 object("Pod", "ml", "train", vec![denied], Status::Denied),
                 object("Deployment", "ml", "serve", vec![mutated], Status::Mutated),
@@ -511,6 +533,27 @@ mod tests {
             "{t}"
         );
         assert!(text(&sample(), true).contains("\x1b[1;31mDENIED"));
+    }
+
+    #[test]
+    fn failures_only_keeps_denied_and_error_objects_and_the_whole_summary() {
+        let t = failures_text(&sample(), false);
+        assert!(t.contains("DENIED   Pod/train"), "{t}");
+        assert!(t.contains("ERROR    (no kind)"), "{t}");
+        assert!(!t.contains("serve") && !t.contains("ConfigMap"), "{t}");
+        assert!(
+            !t.contains("namespace default"),
+            "no heading without objects: {t}"
+        );
+        assert!(
+            t.trim_end()
+                .ends_with("4 objects: 1 denied, 0 warned, 1 mutated, 0 clean, 1 skipped, 1 error"),
+            "{t}"
+        );
+        let mut clean = sample();
+        clean.objects.retain(|o| !is_failure(o));
+        let only_summary = failures_text(&clean, false);
+        assert_eq!(only_summary.lines().count(), 1, "{only_summary}");
     }
 
     #[test]

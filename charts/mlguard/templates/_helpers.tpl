@@ -1,0 +1,72 @@
+{{/*
+Names are fixed (not derived from the release name): mlguard is one per cluster, its
+ClusterRole and webhook configurations are cluster-wide, and the objects keep the names of
+the kustomize install (manifests/base), so either can replace the other.
+*/}}
+
+{{/* Labels Helm adds to every object's metadata (never to selectors or pod templates, so
+that the Deployment's selector stays that of the kustomize install). */}}
+{{- define "mlguard.helmLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+{{- end }}
+
+{{/* Every object: part of mlguard, plus Helm's labels. */}}
+{{- define "mlguard.labels" -}}
+app.kubernetes.io/part-of: mlguard
+{{ include "mlguard.helmLabels" . }}
+{{- end }}
+
+{{/* The webhook pods. */}}
+{{- define "mlguard.selectorLabels" -}}
+app.kubernetes.io/name: mlguard
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "mlguard.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* The Service's DNS names, as the serving certificate must cover them. */}}
+{{- define "mlguard.dnsNames" -}}
+- mlguard
+- mlguard.{{ .Release.Namespace }}
+- mlguard.{{ .Release.Namespace }}.svc
+- mlguard.{{ .Release.Namespace }}.svc.cluster.local
+{{- end }}
+
+{{/* The namespaceSelector both webhooks share: never the exempt namespaces (by the
+kubernetes.io/metadata.name label the API server sets on every namespace), ANDed with
+webhooks.namespaceSelector. */}}
+{{- define "mlguard.namespaceSelector" -}}
+{{- $exempt := concat .Values.webhooks.exemptNamespaces (list .Release.Namespace) | uniq -}}
+{{- $extra := .Values.webhooks.namespaceSelector | default dict -}}
+{{- with $extra.matchLabels }}
+matchLabels:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+matchExpressions:
+- key: kubernetes.io/metadata.name
+  operator: NotIn
+  values:
+  {{- toYaml $exempt | nindent 2 }}
+{{- with $extra.matchExpressions }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Rules both webhooks share: CREATE of Pods and Jobs. */}}
+{{- define "mlguard.rules" -}}
+- apiGroups: [""]
+  apiVersions: ["v1"]
+  operations: ["CREATE"]
+  resources: ["pods"]
+  scope: Namespaced
+- apiGroups: ["batch"]
+  apiVersions: ["v1"]
+  operations: ["CREATE"]
+  resources: ["jobs"]
+  scope: Namespaced
+{{- end }}
