@@ -5,11 +5,10 @@
 # data.mlguard.config.gpu.autoscaler_node_shapes ({labels, allocatable} each) and count as nodes.
 package mlguard.policies.gpu_capacity
 
-import data.mlguard.lib.workload.demand
 import data.mlguard.lib.workload.gpu_config
 import data.mlguard.lib.workload.obj
+import data.mlguard.lib.workload.pod_gpu_demand
 import data.mlguard.lib.workload.pod_gpu_resources
-import data.mlguard.lib.workload.pod_spec
 import data.mlguard.lib.workload.qty
 import data.mlguard.lib.workload.subject
 import data.mlguard.lib.workload.used_vendors
@@ -55,7 +54,7 @@ where := sprintf(" with GPU model %s", [concat(" or ", products)]) if count(prod
 deny contains msg if {
 	object.get(cluster, "node_count", 0) > 0
 	some r in pod_gpu_resources
-	asked := demand(pod_spec, r, "requests")
+	asked := pod_gpu_demand.requests[r]
 	most := largest(r)
 	most > 0
 	asked > most
@@ -69,7 +68,7 @@ deny contains msg if {
 deny contains msg if {
 	object.get(cluster, "node_count", 0) > 0
 	some r in pod_gpu_resources
-	asked := demand(pod_spec, r, "requests")
+	asked := pod_gpu_demand.requests[r]
 	asked > 0
 	largest(r) <= 0
 	msg := sprintf(

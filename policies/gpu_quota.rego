@@ -7,7 +7,6 @@
 package mlguard.policies.gpu_quota
 
 import data.mlguard.lib.workload.containers
-import data.mlguard.lib.workload.demand
 import data.mlguard.lib.workload.is_gpu
 import data.mlguard.lib.workload.is_job
 import data.mlguard.lib.workload.is_pod
@@ -15,6 +14,7 @@ import data.mlguard.lib.workload.job_concurrency
 import data.mlguard.lib.workload.namespace
 import data.mlguard.lib.workload.obj
 import data.mlguard.lib.workload.parallelism
+import data.mlguard.lib.workload.pod_gpu_demand
 import data.mlguard.lib.workload.pod_spec
 import data.mlguard.lib.workload.subject
 import rego.v1
@@ -120,7 +120,7 @@ charges contains {"quota": q, "key": key, "resource": c.resource, "per_pod": per
 	some key, _ in q.hard
 	c := counted(key)
 	is_gpu(c.resource)
-	per_pod := demand(pod_spec, c.resource, c.field)
+	per_pod := pod_gpu_demand[c.field][c.resource]
 	per_pod > 0
 }
 

@@ -118,7 +118,19 @@ used_vendors contains vendor if {
 # unreadable_gpu_quantities, so that a policy refuses it rather than skip a check.
 qty(q) := q if is_number(q)
 
-qty(q) := quantity(q) if is_string(q)
+qty(q) := whole_number(q) if is_string(q)
+
+qty(q) := quantity(q) if {
+	is_string(q)
+	not whole_number(q)
+}
+
+# A whole number written plainly ("8"), as the API server writes most GPU counts: read without
+# the grammar below, which costs several times more and would be paid on every container.
+whole_number(s) := n if {
+	n := to_number(s)
+	format_int(n, 10) == s
+}
 
 # Kubernetes quantities ("8", "500m", "16Gi", "2k", "1e3"), by the grammar of apimachinery's
 # resource.Quantity, as mlguard's Rust reader (src/cluster/quantity.rs) reads them:
@@ -190,9 +202,9 @@ power_of_ten(e) := product([10 | some _ in numbers.range(1, e)]) if {
 # `container "x" limits nvidia.com/gpu: "1x"`.
 unreadable_gpu_quantities contains sprintf("%s %s %s: %v", [describe(entry), field, r, q]) if {
 	some entry in containers
+	some r in entry.gpu
 	some field in ["requests", "limits"]
-	some r, q in object.get(entry.container, ["resources", field], {})
-	r in entry.gpu
+	q := entry.container.resources[field][r]
 	not qty(q)
 }
 
@@ -218,7 +230,17 @@ amount(c, r, "limits") := limit(c, r)
 init_containers(spec) := object.get(spec, "initContainers", [])
 
 # A sidecar is an init container that keeps running next to the containers.
-sidecar(c) if c.restartPolicy == "Always"
+sidecar(c) := true if c.restartPolicy == "Always"
+
+sidecar(c) := false if not c.restartPolicy == "Always"
+
+# The demand of the pod under review for each GPU resource it uses, by field ("requests",
+# "limits"), worked out once per review: a rule's value is computed once, a function's on
+# every call, and a pod of hundreds of containers makes each call cost.
+pod_gpu_demand[field] := per_resource if {
+	some field in ["requests", "limits"]
+	per_resource := {r: d | some r in pod_gpu_resources; d := demand(pod_spec, r, field)}
+}
 
 # What a pod needs of resource r at once, as the scheduler and ResourceQuota count it: the
 # containers and sidecars together, or the largest init container plus the sidecars started
@@ -230,20 +252,27 @@ running_demand(spec, r, field) := sum([amount(c, r, field) | some c in object.ge
 	sidecar(c)
 ])
 
+# An init container that does not use r adds nothing to the sidecars before it, which the
+# running demand counts already; so only the init containers that use r are looked at, in
+# order. Rego has no running sum: the sidecars before each one are summed by the `sum` and
+# `array.slice` builtins, so the policy's own loop stays linear in the init containers.
 init_demand(spec, r, field) := max(peaks) if {
+	users := [[sidecar(c), a] |
+		some c in init_containers(spec)
+		a := amount(c, r, field)
+		a > 0
+	]
+	sidecar_amounts := [sidecar_amount | some [is_sidecar, a] in users; sidecar_amount := sidecar_share(is_sidecar, a)]
 	peaks := {peak |
-		some i, c in init_containers(spec)
-		not sidecar(c)
-		peak := amount(c, r, field) + sidecars_before(spec, i, r, field)
+		some position, [false, a] in users
+		peak := a + sum(array.slice(sidecar_amounts, 0, position))
 	}
 	count(peaks) > 0
 } else := 0
 
-sidecars_before(spec, i, r, field) := sum([amount(s, r, field) |
-	some j, s in init_containers(spec)
-	j < i
-	sidecar(s)
-])
+sidecar_share(true, a) := a
+
+sidecar_share(false, _) := 0
 
 # --- Jobs ----------------------------------------------------------------------------------
 

@@ -4,11 +4,12 @@
 # duration and the whole script stops by itself (about 4 minutes with the defaults).
 #
 #   scripts/loadbench.sh [--policies DIR] [--reps N] [--seconds S] [--soak S] [--quick]
-#                        [--baseline BINARY]
+#                        [--baseline BINARY] [--binary BINARY]
 #
 # --baseline runs a second mlguard binary (for example one built from the commit before a
 # change) beside this one, on the same CPU, and measures its saturation in every repetition
 # right after this one's, so that a change's ratio before and after comes from one run.
+# --binary measures a given mlguard binary instead of building this checkout's.
 #
 # The server is pinned to CPU 0 and the load generator (oha, installed into target/tools on
 # first use) to CPU 1 with taskset. Prints, for each measurement, min / median / max over the
@@ -26,6 +27,7 @@ CONNECTIONS=32
 SERVER_CPU=0
 LOAD_CPU=1
 BASELINE=""         # empty: no baseline binary
+BINARY=""           # empty: this checkout's release build
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --policies) POLICIES="$2"; shift 2 ;;
@@ -34,7 +36,8 @@ while [[ $# -gt 0 ]]; do
     --soak) SOAK="$2"; shift 2 ;;
     --quick) REPS=1; SECONDS_PER_RUN=3; SOAK=10; shift ;;
     --baseline) BASELINE="$(realpath "$2")"; shift 2 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    --binary) BINARY="$(realpath "$2")"; shift 2 ;;
+    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -42,7 +45,7 @@ if [[ "$(nproc)" -lt 2 ]]; then SERVER_CPU=0; LOAD_CPU=0; fi
 
 echo "== build (release)"
 cargo build --release --quiet --bin mlguard --example tls_echo
-MLGUARD="$ROOT/target/release/mlguard"
+MLGUARD="${BINARY:-$ROOT/target/release/mlguard}"
 ECHO="$ROOT/target/release/examples/tls_echo"
 OHA="$ROOT/target/tools/bin/oha"
 if [[ ! -x "$OHA" ]]; then
