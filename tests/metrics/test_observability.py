@@ -51,7 +51,7 @@ def server(tmp_path_factory):
     log = (work / "mlguard.log").open("w")
     proc = subprocess.Popen(
         [str(BINARY), "serve", f"--listen=127.0.0.1:{webhook}", f"--probe-listen=127.0.0.1:{probe}",
-         "--log-format=json"],
+         f"--dev-certs-dir={work / 'certs'}", "--log-format=json"],
         cwd=work,
         stdout=subprocess.DEVNULL,
         stderr=log,
