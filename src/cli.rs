@@ -144,6 +144,30 @@ pub struct ServeArgs {
     /// Reviews evaluated at once; further ones wait their turn.
     #[arg(long, env = "MLGUARD_MAX_CONCURRENT", default_value_t = 64)]
     pub max_concurrent: usize,
+    /// Seconds a review may take, from its headers to its answer (waiting for a turn
+    /// included); keep it below the webhook's timeoutSeconds (5 in the manifests).
+    #[arg(long, env = "MLGUARD_REVIEW_DEADLINE", default_value_t = 3.0)]
+    pub review_deadline: f64,
+    /// The answer when a review's deadline passes: deny (refuse, naming the deadline) or warn
+    /// (admit with a warning and an audit annotation that no check ran). Never a silent allow.
+    #[arg(long, env = "MLGUARD_ON_DEADLINE", value_enum, default_value_t = DeadlineAnswer::Deny)]
+    pub on_deadline: DeadlineAnswer,
+    /// MiB the reviews in flight may take in all, counted from their size (see the README's
+    /// Operating section); a review waits for its share, within its deadline. At least 96,
+    /// the share of the largest review.
+    #[arg(long, env = "MLGUARD_REVIEW_MEMORY", default_value_t = 128)]
+    pub review_memory: u32,
+    /// Seconds a request body may take to arrive.
+    #[arg(long, env = "MLGUARD_BODY_TIMEOUT", default_value_t = 5.0)]
+    pub body_timeout: f64,
+}
+
+/// What a review whose deadline passed is answered.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum DeadlineAnswer {
+    #[default]
+    Deny,
+    Warn,
 }
 
 #[derive(Debug, Args)]

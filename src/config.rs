@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::admission::Mode;
-use crate::cli::{ClusterStateArg, EvaluatorArg, PolicyArgs, ServeArgs};
+use crate::cli::{ClusterStateArg, DeadlineAnswer, EvaluatorArg, PolicyArgs, ServeArgs};
 use crate::policy::source::Origin;
 use crate::policy::Backend;
 
@@ -36,6 +36,30 @@ pub struct ServeConfig {
     pub reload_interval: Duration,
     pub shutdown_timeout: Duration,
     pub max_concurrent: usize,
+    pub limits: ReviewLimits,
+}
+
+/// The bounds on one review (see `serve::handlers`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewLimits {
+    /// From the request's headers to its answer.
+    pub deadline: Duration,
+    pub on_deadline: DeadlineAnswer,
+    /// KiB the reviews in flight may take in all, by their size.
+    pub memory_kib: u32,
+    /// How long a body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+impl Default for ReviewLimits {
+    fn default() -> Self {
+        ReviewLimits {
+            deadline: Duration::from_secs(3),
+            on_deadline: DeadlineAnswer::Deny,
+            memory_kib: 128 * 1024,
+            body_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Live cluster state settings.
@@ -180,6 +204,17 @@ impl ServeConfig {
         if args.max_concurrent == 0 {
             return Err(ConfigError("--max-concurrent must be at least 1".into()));
         }
+        if args.review_memory < 96 {
+            return Err(ConfigError(
+                "--review-memory must be at least 96 (MiB): the share of a review of the largest size mlguard accepts (8 MiB of JSON, 12 bytes of memory a byte)".into(),
+            ));
+        }
+        let deadline = seconds("--review-deadline", args.review_deadline, 0.05)?;
+        if deadline >= Duration::from_secs(30) {
+            return Err(ConfigError(
+                "--review-deadline must be below 30 seconds, the longest webhook timeout Kubernetes allows; keep it below the webhook's timeoutSeconds".into(),
+            ));
+        }
         let (policies, backend) = policy_origin(&args.policy);
         let live_cluster =
             cluster_source(args, std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())?;
@@ -195,6 +230,12 @@ impl ServeConfig {
             reload_interval: seconds("--reload-interval", args.reload_interval, 0.05)?,
             shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout, 0.0)?,
             max_concurrent: args.max_concurrent,
+            limits: ReviewLimits {
+                deadline,
+                on_deadline: args.on_deadline,
+                memory_kib: args.review_memory.saturating_mul(1024),
+                body_timeout: seconds("--body-timeout", args.body_timeout, 0.05)?,
+            },
         })
     }
 }

@@ -42,6 +42,12 @@ pub struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub endpoint: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -72,6 +78,7 @@ pub struct Metrics {
     cluster_state_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub quota_reservations: Gauge,
     pub quota_reservations_expired: Counter,
+    pub limited: Family<LimitLabels, Counter>,
     /// Unix time of the last cluster-state update; 0 when the state is not live.
     cluster_state_updated: AtomicI64,
 }
@@ -163,6 +170,12 @@ impl Metrics {
             "Reservations that expired before the ResourceQuota status showed them: pods rejected after mlguard admitted them (by another webhook or the API server), or deleted meanwhile",
             quota_reservations_expired.clone(),
         );
+        let limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "reviews_limited",
+            "Reviews answered by a limit rather than by the policies, by endpoint and limit: deadline (the configured deadline answer was sent), memory (no share of the review memory within the deadline), body_timeout, body_too_large",
+            limited.clone(),
+        );
         registry.register(
             "build",
             "mlguard version and git commit",
@@ -194,6 +207,7 @@ impl Metrics {
             cluster_state_age,
             quota_reservations,
             quota_reservations_expired,
+            limited,
             cluster_state_updated: AtomicI64::new(0),
         }
     }
@@ -269,6 +283,16 @@ impl Metrics {
                 })
                 .inc_by(fired.messages.len().max(1) as u64);
         }
+    }
+
+    /// Counts a review answered by `limit` rather than by the policies.
+    pub fn observe_limited(&self, endpoint: &str, limit: &str) {
+        self.limited
+            .get_or_create(&LimitLabels {
+                endpoint: endpoint.into(),
+                limit: limit.into(),
+            })
+            .inc();
     }
 
     /// Counts a request that could not be answered from its content (HTTP 4xx).

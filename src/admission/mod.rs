@@ -5,8 +5,10 @@
 pub mod reply;
 pub mod review;
 
-pub use reply::{internal_error, Reply};
+pub use reply::{internal_error, unevaluated, Reply, ReviewIds};
 pub use review::{object_name, parse, ParsedReview, ReviewError, UnreadableObject, API_VERSION};
+
+use std::time::Instant;
 
 use crate::policy::verdict::{decide, Enforcement, Verdict};
 use crate::policy::{Action, Evaluator, Stage};
@@ -55,6 +57,18 @@ impl std::str::FromStr for Mode {
 /// operation no policy runs on, are allowed unchanged. A server-side dry-run (`dryRun: true`)
 /// is answered exactly as the real request: mlguard has no side effects to skip.
 pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: Mode) -> Verdict {
+    admit_until(evaluator, review, stage, mode, None)
+}
+
+/// [`admit`], with policies not yet run by `deadline` counted as failed (see
+/// `Evaluator::evaluate_until`).
+pub fn admit_until(
+    evaluator: &Evaluator,
+    review: &ParsedReview,
+    stage: Stage,
+    mode: Mode,
+    deadline: Option<Instant>,
+) -> Verdict {
     if !review.is_policy_subject() || !evaluator.set.handles(&review.operation) {
         return Verdict {
             allowed: true,
@@ -65,7 +79,7 @@ pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: M
         Ok(request) => request,
         Err(unreadable) => return Verdict::error(unreadable.to_string()),
     };
-    let outputs = evaluator.evaluate(request, stage);
+    let outputs = evaluator.evaluate_until(request, stage, deadline);
     let object = outputs
         .iter()
         .any(|o| !o.patch.is_empty())

@@ -105,6 +105,68 @@ impl ParsedReview {
     }
 }
 
+/// The answer to a review mlguard did not finish evaluating (its deadline passed): refused
+/// with `message`, or, where the admin chose so, admitted with `message` as a warning and an
+/// audit annotation. Never a silent admission. `ids` are the review's apiVersion and uid.
+pub fn unevaluated(ids: &ReviewIds, message: String, admit: bool) -> Reply {
+    let mut reply = Reply {
+        api_version: ids.api_version.clone(),
+        kind: "AdmissionReview",
+        response: Response {
+            uid: ids.uid.clone(),
+            allowed: true,
+            status: Status::default(),
+            patch: None,
+            patch_type: None,
+            audit_annotations: BTreeMap::new(),
+            warnings: None,
+        },
+    };
+    if admit {
+        reply
+            .response
+            .audit_annotations
+            .insert(NOT_EVALUATED.into(), message.clone());
+        reply.response.warnings = Some(vec![message]);
+    } else {
+        reply.response.deny(message, 500, "Timeout");
+    }
+    reply
+}
+
+/// Audit annotation key of a review admitted without its checks.
+pub const NOT_EVALUATED: &str = "not-evaluated";
+
+/// What a reply must echo, read from a body without building it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewIds {
+    pub api_version: String,
+    pub uid: String,
+}
+
+impl ReviewIds {
+    /// The apiVersion and request uid of a body, or None when it has neither.
+    pub fn read(body: &[u8]) -> Option<ReviewIds> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Envelope<'a> {
+            api_version: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            request: Request<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Request<'a> {
+            #[serde(borrow)]
+            uid: std::borrow::Cow<'a, str>,
+        }
+        let envelope: Envelope = serde_json::from_slice(body).ok()?;
+        Some(ReviewIds {
+            api_version: envelope.api_version.into_owned(),
+            uid: envelope.request.uid.into_owned(),
+        })
+    }
+}
+
 /// A review that cannot be answered from its own content (fault in mlguard, not in policy):
 /// denied, naming the error, never silently admitted.
 pub fn internal_error(review: &ParsedReview, message: &str) -> Reply {

@@ -3,7 +3,7 @@
 //! most of a body, are kept as raw JSON until a policy needs them, so that a review no policy
 //! looks at (another kind, an operation no policy runs on) never builds them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
 use regorus::Value;
@@ -22,6 +22,8 @@ pub enum ReviewError {
     MissingRequest,
     #[error("AdmissionReview request has no `uid`; the response must echo it")]
     MissingUid,
+    #[error("AdmissionReview holds more values than its size allows (more than one per {BYTES_PER_VALUE} bytes of JSON); mlguard refuses it rather than spend many times its size in memory")]
+    TooManyValues,
 }
 
 /// An object or old object mlguard could not turn into policy input in full: a number it
@@ -76,6 +78,8 @@ enum Level {
     Request,
     Object,
     Metadata,
+    /// Anything below: built as it is.
+    Plain,
 }
 
 /// What to do with the value under a key.
@@ -105,11 +109,46 @@ impl Level {
 /// The request's objects as slices of the body, filled while the request is parsed.
 type RawSlots<'de> = RefCell<[Option<&'de RawValue>; 2]>;
 
+/// How many values (map keys included) a text of `bytes` may become. Building a value costs
+/// several times its text, and a text of one-character values (`[1,1,1,...]`) would cost tens
+/// of times: so the count is bounded by the size, which bounds the memory a review can take to
+/// a multiple of its size (see `MEMORY_PER_BODY_BYTE`). Kubernetes objects run at 10 to 20
+/// bytes per value; the floor keeps small objects of short values readable.
+pub fn value_budget(bytes: usize) -> usize {
+    (bytes / BYTES_PER_VALUE).max(MIN_VALUE_BUDGET)
+}
+
+const BYTES_PER_VALUE: usize = 6;
+const MIN_VALUE_BUDGET: usize = 4096;
+
 /// The deserializer's visitor at one level of the review.
 #[derive(Clone, Copy)]
 struct Parse<'s, 'de> {
     level: Level,
     raw: &'s RawSlots<'de>,
+    /// Values left to build; parsing fails when it runs out.
+    budget: &'s Cell<usize>,
+}
+
+impl Parse<'_, '_> {
+    fn spend<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.budget.get() {
+            0 => Err(E::custom(
+                "it holds more values than its size allows (more than one per 6 bytes)",
+            )),
+            left => {
+                self.budget.set(left - 1);
+                Ok(())
+            }
+        }
+    }
+
+    fn plain(self) -> Self {
+        Parse {
+            level: Level::Plain,
+            ..self
+        }
+    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Parse<'_, 'de> {
@@ -125,36 +164,47 @@ impl<'de> serde::de::Visitor<'de> for Parse<'_, 'de> {
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.spend()?;
         Ok(Value::Null)
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.spend()?;
         Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.spend()?;
         Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.spend()?;
         Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.spend()?;
         Ok(Value::from(v))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.spend()?;
         Ok(Value::from(v))
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.spend()?;
         let mut items = Vec::new();
-        while let Some(v) = seq.next_element::<Value>()? {
+        while let Some(v) = seq.next_element_seed(self.plain())? {
             items.push(v);
         }
         Ok(Value::from(items))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.spend()?;
         let mut out = std::collections::BTreeMap::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let value = match self.level.child(&key) {
-                Child::Plain => map.next_value::<Value>()?,
+                Child::Plain => {
+                    self.spend()?;
+                    map.next_value_seed(self.plain())?
+                }
                 Child::Nested(level) => map.next_value_seed(Parse { level, ..self })?,
                 Child::Raw(slot) => {
                     self.raw.borrow_mut()[slot] = Some(map.next_value::<&'de RawValue>()?);
@@ -177,10 +227,12 @@ impl<'de> serde::de::Visitor<'de> for Parse<'_, 'de> {
 fn build_object(raw: &RawValue) -> Result<Value, String> {
     use serde::de::DeserializeSeed;
     let unused = RefCell::new([None, None]);
+    let budget = Cell::new(value_budget(raw.get().len()));
     let mut de = serde_json::Deserializer::from_str(raw.get());
     Parse {
         level: Level::Object,
         raw: &unused,
+        budget: &budget,
     }
     .deserialize(&mut de)
     .map_err(|e| e.to_string())
@@ -189,14 +241,19 @@ fn build_object(raw: &RawValue) -> Result<Value, String> {
 pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
     use serde::de::DeserializeSeed;
     let raw: RawSlots = RefCell::new([None, None]);
+    let budget = Cell::new(value_budget(body.len()));
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut review = Parse {
         level: Level::Review,
         raw: &raw,
+        budget: &budget,
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v))
-    .map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    .map_err(|e| match budget.get() {
+        0 => ReviewError::TooManyValues,
+        _ => ReviewError::NotJson(e.to_string()),
+    })?;
     if !matches!(review, Value::Object(_)) {
         return Err(ReviewError::NotAReview("expected a JSON object".into()));
     }
@@ -237,25 +294,41 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
         request: OnceLock::new(),
     };
     // The API server names the object in the request, except a pod a controller creates with
-    // generateName, and gives its namespace; only then is the object itself read here.
+    // generateName, and gives its namespace; only then is the object's metadata read here,
+    // from its text, without building the object: a review no policy reads never pays for
+    // its objects, however large (a forged one may leave the names out on purpose).
     if parsed.name.is_empty() || parsed.namespace.is_empty() {
-        // An object that cannot be read leaves the names as sent; the review is refused
-        // when a policy would read it.
-        let undefined = Value::Undefined;
-        let metadata = match parsed.request() {
-            Ok(request) => &request["object"]["metadata"],
-            Err(_) => &undefined,
-        };
-        let name = object_name(&text(&metadata["name"]), &text(&metadata["generateName"]));
-        let namespace = text(&metadata["namespace"]);
+        let names = parsed.raw_objects[0]
+            .as_deref()
+            .and_then(|raw| serde_json::from_str::<Named>(raw.get()).ok())
+            .unwrap_or_default()
+            .metadata;
         if parsed.name.is_empty() {
-            parsed.name = name;
+            parsed.name = object_name(&names.name, &names.generate_name);
         }
         if parsed.namespace.is_empty() {
-            parsed.namespace = namespace;
+            parsed.namespace = names.namespace.into_owned();
         }
     }
     Ok(parsed)
+}
+
+/// An object's names, read from its text; every other member is skipped, not built.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Named<'a> {
+    #[serde(default, borrow)]
+    metadata: Names<'a>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Names<'a> {
+    #[serde(default, borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    generate_name: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    namespace: std::borrow::Cow<'a, str>,
 }
 
 /// How mlguard names an object: its name, else `generateName` + `*` for a pod a controller
@@ -333,6 +406,52 @@ mod tests {
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request
         }))
         .unwrap()
+    }
+
+    /// Values are bounded by the text's size: a text of one-character values would cost tens
+    /// of times its size to build. The envelope is refused at parse (HTTP 400), an object when a
+    /// policy reads it (a denial that says why).
+    #[test]
+    fn a_text_of_tiny_values_is_refused() {
+        let dense = format!("[{}1]", "1,".repeat(20_000));
+        let envelope = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"namespace":"ml","name":"p","operation":"CREATE","options":{dense}}}}}"#
+        );
+        assert_eq!(
+            parse(envelope.as_bytes()).unwrap_err(),
+            ReviewError::TooManyValues
+        );
+        let in_object = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"namespace":"ml","name":"p","operation":"CREATE","object":{{"spec":{{"x":{dense}}}}}}}}}"#
+        );
+        let r = parse(in_object.as_bytes()).unwrap();
+        let err = r.request().unwrap_err();
+        assert!(
+            err.reason.contains("more values than its size allows"),
+            "{err}"
+        );
+        // A real pod, 20 bytes a value, is well within.
+        let pod = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/reviews/pod-large.json"
+        ))
+        .unwrap();
+        assert!(parse(&pod).unwrap().request().is_ok());
+    }
+
+    /// A review that leaves the names out (a pod created with generateName; or a forged review)
+    /// is named from the object's text: its objects are still not built.
+    #[test]
+    fn names_come_from_the_text_without_building_the_object() {
+        let r = parse(&body(serde_json::json!({
+            "uid": "u3", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "operation": "CREATE",
+            "object": {"metadata": {"generateName": "web-", "namespace": "ml"},
+                       "spec": {"x": [1, 2, 3, {"deep": [[[]]]}]}}
+        })))
+        .unwrap();
+        assert_eq!(r.subject(), "Deployment ml/web-*");
+        assert!(r.request.get().is_none(), "the object was built to name it");
     }
 
     #[test]

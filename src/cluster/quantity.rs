@@ -78,7 +78,9 @@ pub fn parse(input: &str) -> Result<f64, QuantityError> {
     let (number, suffix) = unsigned.split_at(number_len);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() {
-        return Err(err("no number; a quantity starts with digits, as in 8, 500m or 16Gi"));
+        return Err(err(
+            "no number; a quantity starts with digits, as in 8, 500m or 16Gi",
+        ));
     }
     if fraction.contains('.') {
         return Err(err("more than one decimal point"));
@@ -174,8 +176,25 @@ mod tests {
     #[test]
     fn rejects_what_kubernetes_rejects_with_a_reason() {
         for input in [
-            "", "abc", "3 GPUs", " 1", "1 ", "1x", "1e", "1ki", "1KI", "1.2.3", ".", "+", "1e1.5",
-            "1ee3", "--1", "1Mi3", "k", "1e400", "1E1000000",
+            "",
+            "abc",
+            "3 GPUs",
+            " 1",
+            "1 ",
+            "1x",
+            "1e",
+            "1ki",
+            "1KI",
+            "1.2.3",
+            ".",
+            "+",
+            "1e1.5",
+            "1ee3",
+            "--1",
+            "1Mi3",
+            "k",
+            "1e400",
+            "1E1000000",
         ] {
             let e = parse(input).expect_err(input);
             assert!(e.to_string().contains(&format!("{input:?}")), "{e}");

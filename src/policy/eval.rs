@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use json_patch::PatchOperation;
 use regorus::rvm::vm::RegoVM;
@@ -147,6 +148,17 @@ impl Evaluator {
     /// AdmissionRequest as a regorus value (see `admission::ParsedReview`). A failing policy
     /// yields an output with `error` set; the others still run.
     pub fn evaluate(&self, review: &Value, stage: Stage) -> Vec<PolicyOutput> {
+        self.evaluate_until(review, stage, None)
+    }
+
+    /// [`Evaluator::evaluate`], giving up on the policies not yet run once `deadline` has
+    /// passed: each is then an error, so the verdict never admits for want of time.
+    pub fn evaluate_until(
+        &self,
+        review: &Value,
+        stage: Stage,
+        deadline: Option<Instant>,
+    ) -> Vec<PolicyOutput> {
         let operation = review["operation"]
             .as_string()
             .map(|s| s.as_ref())
@@ -163,6 +175,11 @@ impl Evaluator {
                     Some(values) => self.policy_output(policy, stage, |rule| {
                         Ok(values[policy.name.as_str()][rule.as_str()].clone())
                     }),
+                    None if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        self.policy_output(policy, stage, |_| {
+                            Err("not evaluated: the review's deadline passed".into())
+                        })
+                    }
                     None => self.run_policy(policy, &mut input, stage),
                 },
             )

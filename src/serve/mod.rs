@@ -28,12 +28,12 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-pub use handlers::MAX_BODY_BYTES;
+pub use handlers::{memory_cost_kib, MAX_BODY_BYTES, MEMORY_PER_BODY_BYTE};
 pub use listener::{serve_tls, shutdown_signal};
 
 use crate::admission::Mode;
 use crate::cluster::snapshot;
-use crate::config::{ServeConfig, TlsSource};
+use crate::config::{ReviewLimits, ServeConfig, TlsSource};
 use crate::metrics::Metrics;
 use crate::policy::source::Origin;
 use crate::policy::{Evaluator, PolicySet, Published};
@@ -51,6 +51,9 @@ pub struct Webhook {
     /// Set by [`Webhook::enable_live_cluster`] before any router is built.
     pub quota: Option<Arc<QuotaCoordinator>>,
     limiter: Arc<Semaphore>,
+    limits: ReviewLimits,
+    /// KiB of review memory (see `handlers::memory_cost_kib`).
+    memory: Arc<Semaphore>,
 }
 
 impl Webhook {
@@ -73,7 +76,16 @@ impl Webhook {
             mode,
             quota: None,
             limiter: Arc::new(Semaphore::new(max_concurrent)),
+            memory: Arc::new(Semaphore::new(ReviewLimits::default().memory_kib as usize)),
+            limits: ReviewLimits::default(),
         }
+    }
+
+    /// The bounds on each review (deadline, review memory, body timeout).
+    pub fn with_limits(mut self, limits: ReviewLimits) -> Webhook {
+        self.memory = Arc::new(Semaphore::new(limits.memory_kib as usize));
+        self.limits = limits;
+        self
     }
 
     /// Turns on live cluster state: the quota coordinator that the watch task publishes to
@@ -97,6 +109,8 @@ impl Webhook {
             mode: self.mode,
             metrics: self.metrics.clone(),
             limiter: self.limiter.clone(),
+            memory: self.memory.clone(),
+            limits: self.limits.clone(),
         })
     }
 
@@ -187,7 +201,8 @@ pub async fn run(
         config.mode,
         config.max_concurrent,
         Some(cert.clone()),
-    );
+    )
+    .with_limits(config.limits.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
