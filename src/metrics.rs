@@ -72,6 +72,7 @@ pub struct Metrics {
     cluster_state_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub quota_reservations: Gauge,
     pub quota_reservations_expired: Counter,
+    pub quota_reservations_unconfirmed: Counter,
     /// Unix time of the last cluster-state update; 0 when the state is not live.
     cluster_state_updated: AtomicI64,
 }
@@ -163,6 +164,12 @@ impl Metrics {
             "Reservations that expired before the ResourceQuota status showed them: pods rejected after mlguard admitted them (by another webhook or the API server), or deleted meanwhile",
             quota_reservations_expired.clone(),
         );
+        let quota_reservations_unconfirmed = Counter::default();
+        registry.register(
+            "quota_reservations_unconfirmed",
+            "Reservations dropped because their pod did not appear with the review's uid: reviews that did not come from the API server, or pods refused after mlguard admitted them",
+            quota_reservations_unconfirmed.clone(),
+        );
         registry.register(
             "build",
             "mlguard version and git commit",
@@ -194,6 +201,7 @@ impl Metrics {
             cluster_state_age,
             quota_reservations,
             quota_reservations_expired,
+            quota_reservations_unconfirmed,
             cluster_state_updated: AtomicI64::new(0),
         }
     }
