@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// never shows the pod (for example when a later admission step rejected it).
     #[arg(long, env = "MLGUARD_QUOTA_RESERVATION_TTL", default_value_t = 30.0)]
     pub quota_reservation_ttl: f64,
+    /// Seconds after admitting a pod that mlguard looks the pod up to confirm its quota
+    /// reservation; a reservation whose pod does not exist then (a review that did not come
+    /// from the API server) is dropped. Shorter than --quota-reservation-ttl.
+    #[arg(long, env = "MLGUARD_QUOTA_CONFIRM_DELAY", default_value_t = 2.0)]
+    pub quota_confirm_delay: f64,
     /// Caps every policy's enforcement action: enforce (as configured), warn or dryrun.
     #[arg(long, env = "MLGUARD_MODE", value_enum, default_value_t = Mode::Enforce)]
     pub mode: Mode,

@@ -68,6 +68,8 @@ pub struct LiveSettings {
     /// None: in-cluster configuration, else `$KUBECONFIG` or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     pub reservation_ttl: Duration,
+    /// How long after a reservation its pod is looked up to confirm it.
+    pub confirm_delay: Duration,
 }
 
 /// Picks one source of cluster state. `in_cluster` is whether KUBERNETES_SERVICE_HOST is set.
@@ -123,9 +125,18 @@ pub fn cluster_source(
     if !live {
         return Ok(None);
     }
+    let reservation_ttl = seconds("--quota-reservation-ttl", args.quota_reservation_ttl, 1.0)?;
+    let confirm_delay = seconds("--quota-confirm-delay", args.quota_confirm_delay, 0.1)?;
+    if confirm_delay >= reservation_ttl {
+        return Err(ConfigError(format!(
+            "--quota-confirm-delay ({}s) must be shorter than --quota-reservation-ttl ({}s): a reservation is confirmed before it expires",
+            args.quota_confirm_delay, args.quota_reservation_ttl
+        )));
+    }
     Ok(Some(LiveSettings {
         kubeconfig: args.kubeconfig.clone(),
-        reservation_ttl: seconds("--quota-reservation-ttl", args.quota_reservation_ttl, 1.0)?,
+        reservation_ttl,
+        confirm_delay,
     }))
 }
 
@@ -265,6 +276,7 @@ mod tests {
         let live = source(&[], true).unwrap().unwrap();
         assert_eq!(live.kubeconfig, None);
         assert_eq!(live.reservation_ttl, Duration::from_secs(30));
+        assert_eq!(live.confirm_delay, Duration::from_secs(2));
         let live = source(&["--kubeconfig", "kc.yaml"], false)
             .unwrap()
             .unwrap();
@@ -314,6 +326,19 @@ mod tests {
             false
         )
         .is_err());
+        let e = source(
+            &[
+                "--cluster-state",
+                "live",
+                "--quota-reservation-ttl",
+                "2",
+                "--quota-confirm-delay",
+                "2",
+            ],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("must be shorter"), "{e}");
     }
 
     fn serve(args: &[&str]) -> Result<ServeConfig, ConfigError> {

@@ -79,6 +79,7 @@ pub struct Metrics {
     pub quota_reservations: Gauge,
     pub quota_reservations_expired: Counter,
     pub limited: Family<LimitLabels, Counter>,
+    pub quota_reservations_unconfirmed: Counter,
     /// Unix time of the last cluster-state update; 0 when the state is not live.
     cluster_state_updated: AtomicI64,
 }
@@ -176,6 +177,12 @@ impl Metrics {
             "Reviews answered by a limit rather than by the policies, by endpoint and limit: deadline (the configured deadline answer was sent), memory (no share of the review memory within the deadline), body_timeout, body_too_large",
             limited.clone(),
         );
+        let quota_reservations_unconfirmed = Counter::default();
+        registry.register(
+            "quota_reservations_unconfirmed",
+            "Reservations dropped because their pod did not appear with the review's uid: reviews that did not come from the API server, or pods refused after mlguard admitted them",
+            quota_reservations_unconfirmed.clone(),
+        );
         registry.register(
             "build",
             "mlguard version and git commit",
@@ -208,6 +215,7 @@ impl Metrics {
             quota_reservations,
             quota_reservations_expired,
             limited,
+            quota_reservations_unconfirmed,
             cluster_state_updated: AtomicI64::new(0),
         }
     }

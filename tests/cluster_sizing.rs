@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fake_api::{namespace, quota};
-use common::live::{fixture_pod_review, validate};
+use common::live::{fixture_pod_review, validate, validating_pod_review};
 use mlguard::admission::Mode;
 use mlguard::cluster::watch;
 use mlguard::cluster::ClusterState;
@@ -154,7 +154,7 @@ fn measure_reservation_and_rebuild_costs() {
         }
         started.elapsed() / rounds
     };
-    let reserving = time(fixture_pod_review);
+    let reserving = time(validating_pod_review);
     let dry_run = time(|| {
         let mut review: Json = serde_json::from_slice(&fixture_pod_review()).unwrap();
         review["request"]["dryRun"] = json!(true);

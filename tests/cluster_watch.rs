@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fake_api::{cluster, namespace, node, quota, start_fake, write_kubeconfig, FakeServer};
-use common::live::{fixture_pod_review, validate, WAIT};
+use common::live::{fixture_pod_review, validate, validating_pod_review, WAIT};
 use mlguard::admission::Mode;
 use mlguard::cluster::watch::{self, WatchOptions};
 use mlguard::cluster::ClusterState;
@@ -99,7 +99,7 @@ fn pod_review(name: &str, gpus: u32, dry_run: bool) -> Vec<u8> {
             "namespace": "ml", "operation": "CREATE", "name": name,
             "userInfo": {"username": "alice"}, "dryRun": dry_run,
             "object": {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "ml"},
+                "metadata": {"name": name, "namespace": "ml", "uid": format!("pod-{uid}")},
                 "spec": {"containers": [{"name": "train", "image": "registry.example/train:1",
                     "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]}}
         }
@@ -331,7 +331,7 @@ async fn the_default_quota_policy_reads_reservations_too() {
     let burst: Vec<_> = (0..7)
         .map(|_| {
             let app = setup.app.clone();
-            tokio::spawn(async move { validate(&app, fixture_pod_review()).await })
+            tokio::spawn(async move { validate(&app, validating_pod_review()).await })
         })
         .collect();
     let mut denials = Vec::new();

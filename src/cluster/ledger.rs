@@ -10,6 +10,9 @@
 //! was made, plus the reservations before it, plus its own amount. Pods that end meanwhile
 //! lower `used`, so a settlement can come late; then the reservation holds until it expires,
 //! which over-counts for a bounded time and never under-counts. Pure: time is passed in.
+//!
+//! Each reservation names its pod by uid: one pod is reserved at most once, and a
+//! reservation whose pod never appears (see `cluster::confirm`) is withdrawn before it expires.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,6 +36,8 @@ pub struct Charge {
 struct Reservation {
     namespace: String,
     pod: String,
+    /// The pod's `metadata.uid`, which the API server gives it before validating admission.
+    uid: String,
     charge: Charge,
     target: f64,
     expires: Instant,
@@ -63,6 +68,19 @@ pub fn credit(state: &ClusterState, namespace: &str, charges: &[Charge]) -> Clus
         *quotas = Arc::new(list);
     }
     out
+}
+
+/// Whether `actual` (what a pod is charged) covers every charge of `claimed` (what a review
+/// of it reserved): a pod cannot be made to reserve more than it takes.
+pub fn covers(actual: &[Charge], claimed: &[Charge]) -> bool {
+    claimed.iter().all(|c| {
+        let taken: f64 = actual
+            .iter()
+            .filter(|a| a.quota == c.quota && a.key == c.key)
+            .map(|a| a.amount)
+            .sum();
+        taken + EPSILON >= c.amount
+    })
 }
 
 /// The charges of `pod` against the quotas of `namespace` whose scopes select it.
@@ -128,16 +146,39 @@ impl Ledger {
             .sum()
     }
 
-    /// Records `charges` of the pod named `pod`, admitted now, against `base` (the state as
-    /// the API server last reported it, without reservations).
+    /// Whether the pod with `uid` holds a reservation.
+    pub fn holds(&self, namespace: &str, uid: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|r| r.namespace == namespace && r.uid == uid)
+    }
+
+    /// What the pod with `uid` holds reserved (nothing once its reservation ended).
+    pub fn reserved(&self, namespace: &str, uid: &str) -> Vec<Charge> {
+        self.entries
+            .iter()
+            .filter(|r| r.namespace == namespace && r.uid == uid)
+            .map(|r| r.charge.clone())
+            .collect()
+    }
+
+    /// Records `charges` of the pod named `pod` with `uid`, admitted now, against `base` (the
+    /// state as the API server last reported it, without reservations). A pod that holds a
+    /// reservation already is not reserved twice (a review sent again for the same pod, or one
+    /// that copies its uid): returns whether anything was reserved.
     pub fn reserve(
         &mut self,
         base: &ClusterState,
         namespace: &str,
         pod: &str,
+        uid: &str,
         charges: Vec<Charge>,
         now: Instant,
-    ) {
+    ) -> bool {
+        if self.holds(namespace, uid) {
+            return false;
+        }
+        let before = self.entries.len();
         for charge in charges {
             let Some(used) = used(base, namespace, &charge) else {
                 continue;
@@ -146,11 +187,37 @@ impl Ledger {
             self.entries.push(Reservation {
                 namespace: namespace.to_string(),
                 pod: pod.to_string(),
+                uid: uid.to_string(),
                 charge,
                 target,
                 expires: now + self.ttl,
             });
         }
+        self.entries.len() > before
+    }
+
+    /// Drops the reservation of the pod with `uid` (its pod never appeared). The reservations
+    /// made after it counted it in their targets; those targets are lowered by its amounts, so
+    /// that they settle when their own pods are charged. Returns whether it held anything.
+    pub fn withdraw(&mut self, namespace: &str, uid: &str) -> bool {
+        let mut withdrawn: Vec<Charge> = Vec::new();
+        let mut kept = Vec::with_capacity(self.entries.len());
+        for mut r in std::mem::take(&mut self.entries) {
+            if r.namespace == namespace && r.uid == uid {
+                withdrawn.push(r.charge);
+                continue;
+            }
+            if r.namespace == namespace {
+                for w in &withdrawn {
+                    if w.quota == r.charge.quota && w.key == r.charge.key {
+                        r.target -= w.amount;
+                    }
+                }
+            }
+            kept.push(r);
+        }
+        self.entries = kept;
+        !withdrawn.is_empty()
     }
 
     /// Drops the reservations that `base` now shows as used, whose quota or key is gone, or
@@ -265,7 +332,7 @@ mod tests {
         let mut ledger = Ledger::new(Duration::from_secs(30));
         for pod in ["a", "b"] {
             let c = charges(&base, "ml", &gpu_pod(2));
-            ledger.reserve(&base, "ml", pod, c, now);
+            assert!(ledger.reserve(&base, "ml", pod, &format!("uid-{pod}"), c, now));
         }
         assert_eq!(remaining(&ledger.apply(&base)), 2.0);
 
@@ -287,7 +354,7 @@ mod tests {
         let base = state("8", "0");
         let mut ledger = Ledger::new(Duration::from_secs(30));
         let c = charges(&base, "ml", &gpu_pod(gpus));
-        ledger.reserve(&base, "ml", "train-0", c, now);
+        ledger.reserve(&base, "ml", "train-0", "uid-0", c, now);
         (ledger, base, now)
     }
 
@@ -309,5 +376,49 @@ mod tests {
         let (mut ledger, _, now) = one_reserved(1);
         ledger.settle(&ClusterState::default(), now);
         assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn a_pod_is_reserved_once() {
+        let (mut ledger, base, now) = one_reserved(2);
+        let c = charges(&base, "ml", &gpu_pod(6));
+        assert!(!ledger.reserve(&base, "ml", "copy", "uid-0", c, now));
+        assert_eq!(remaining(&ledger.apply(&base)), 6.0);
+        assert!(ledger.holds("ml", "uid-0"));
+        assert!(!ledger.holds("other", "uid-0"));
+    }
+
+    #[test]
+    fn a_withdrawn_reservation_lowers_the_targets_after_it() {
+        let now = Instant::now();
+        let base = state("8", "0");
+        let mut ledger = Ledger::new(Duration::from_secs(30));
+        for (pod, gpus) in [("forged", 3), ("real", 2)] {
+            let c = charges(&base, "ml", &gpu_pod(gpus));
+            ledger.reserve(&base, "ml", pod, &format!("uid-{pod}"), c, now);
+        }
+        assert_eq!(remaining(&ledger.apply(&base)), 3.0);
+        assert!(ledger.withdraw("ml", "uid-forged"));
+        assert!(!ledger.withdraw("ml", "uid-forged"));
+        assert_eq!(remaining(&ledger.apply(&base)), 6.0);
+        assert!(ledger.reserved("ml", "uid-forged").is_empty());
+        // The real pod is charged: its reservation settles on its own amount.
+        ledger.settle(&state("8", "2"), now);
+        assert!(ledger
+            .reserved("ml", "uid-real")
+            .iter()
+            .all(|c| c.key == "pods"));
+    }
+
+    #[test]
+    fn covers_compares_each_quota_key() {
+        let base = state("8", "0");
+        let two = charges(&base, "ml", &gpu_pod(2));
+        let six = charges(&base, "ml", &gpu_pod(6));
+        assert!(covers(&two, &two));
+        assert!(covers(&six, &two));
+        assert!(!covers(&two, &six));
+        assert!(!covers(&[], &two));
+        assert!(covers(&[], &[]));
     }
 }

@@ -6,10 +6,12 @@
 //! - `watch`: kube reflectors that keep the state current;
 //! - `usage` and `ledger`: what a pod is charged against quotas, and reservations for pods
 //!   admitted but not yet shown in the quota status (the server's quota coordinator joins
-//!   them to the request path).
+//!   them to the request path); `confirm`: a reservation checked against its pod, so that a
+//!   review that did not come from the API server holds no quota for long.
 //!
 //! Plain data and watches: nothing here imports from the policy engine or the server.
 
+pub mod confirm;
 pub mod ledger;
 pub mod list;
 pub mod quantity;

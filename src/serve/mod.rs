@@ -3,8 +3,9 @@
 //! [`run`] builds the handles in order (certificate, policies, cluster state, the published
 //! evaluator, metrics, health, the quota coordinator) and hands each task only the ones it
 //! uses: the handlers their [`handlers::WebhookState`], the probes their
-//! [`probes::ProbeState`], the watch task a [`crate::cluster::watch::ClusterSink`], each
-//! reloader the handle it swaps and the error it records.
+//! [`probes::ProbeState`], the watch task a [`crate::cluster::watch::ClusterSink`], the
+//! task that confirms quota reservations a [`crate::cluster::confirm::ReservationSink`] and
+//! the kube client, each reloader the handle it swaps and the error it records.
 //!
 //! - `handlers`: `POST /mutate` and `/validate`; `probes`: the probe port;
 //! - `listener`: the TLS accept loop and the shutdown signals;
@@ -215,6 +216,11 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("live cluster state: {e}"))?;
         let quota = webhook.enable_live_cluster(live.reservation_ttl);
+        let confirm = crate::cluster::confirm::ConfirmOptions {
+            delay: live.confirm_delay,
+            ..Default::default()
+        };
+        quota.spawn_confirmations(client.clone(), confirm, stop_rx.clone());
         crate::cluster::watch::spawn(client, quota, Default::default(), stop_rx.clone());
     }
     reload::spawn_certificate_reloader(

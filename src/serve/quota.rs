@@ -5,13 +5,27 @@
 //! reservations, and it changes only under one lock, so that checking a pod against
 //! `remaining` and reserving what it takes is a single step: two pods of the same namespace
 //! cannot both pass on the same figure.
+//!
+//! A reservation names its pod (namespace, name, uid): a review without a pod uid reserves
+//! nothing, and each reservation is checked against the pod a moment later by the
+//! confirmation task (`cluster::confirm`), which drops it at once when the pod never
+//! appeared. So a review that did not come from the API server cannot hold quota back from
+//! other users' pods for longer than that check takes.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::sync::watch as signal;
+use tokio::task::JoinHandle;
 
 use super::health::Latch;
 use crate::admission::ParsedReview;
-use crate::cluster::ledger::{charges, Ledger};
+use crate::cluster::confirm::{
+    self, ConfirmOptions, Lookup, Outcome, PendingPod, PodLookup, ReservationSink,
+};
+use crate::cluster::ledger::{charges, covers, Ledger};
 use crate::cluster::watch::ClusterSink;
 use crate::cluster::ClusterState;
 use crate::metrics::Metrics;
@@ -31,6 +45,11 @@ pub struct QuotaCoordinator {
     metrics: Arc<Metrics>,
     /// Opened by the first published state: readiness waits for it.
     synced: Arc<Latch>,
+    /// The confirmation task's queue and how long after a reservation its pod is looked up,
+    /// once the task runs (see [`QuotaCoordinator::spawn_confirmations`]).
+    confirmations: OnceLock<(mpsc::Sender<PendingPod>, Duration)>,
+    /// Set while the queue is full, so that a flood is logged once.
+    queue_full: AtomicBool,
 }
 
 impl Inner {
@@ -126,7 +145,23 @@ impl QuotaCoordinator {
             published,
             metrics,
             synced,
+            confirmations: OnceLock::new(),
+            queue_full: AtomicBool::new(false),
         }
+    }
+
+    /// Starts the task that confirms each new reservation by its pod (`pods` looks pods up:
+    /// the kube client, or a test's stand-in). Without it, reservations last until the quota
+    /// status shows them or they expire. Call once, before reviews arrive.
+    pub fn spawn_confirmations<P: PodLookup>(
+        self: &Arc<Self>,
+        pods: P,
+        options: ConfirmOptions,
+        stop: signal::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let (tx, rx) = confirm::channel();
+        let _ = self.confirmations.set((tx, options.delay));
+        confirm::spawn(pods, self.clone(), rx, options, stop)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -185,12 +220,13 @@ impl QuotaCoordinator {
     ) -> Verdict {
         let mut inner = self.lock();
         // Most namespaces have no quota: skip converting the pod for them.
-        let charges = match inner.base.quotas.contains_key(review.namespace.as_str()) {
+        let (pod, charges) = match inner.base.quotas.contains_key(review.namespace.as_str()) {
             true => {
                 let pod = review.object_json().unwrap_or_default();
-                charges(&inner.base, &review.namespace, &pod)
+                let charges = charges(&inner.base, &review.namespace, &pod);
+                (pod, charges)
             }
-            false => Vec::new(),
+            false => Default::default(),
         };
         if charges.is_empty() {
             drop(inner);
@@ -201,21 +237,124 @@ impl QuotaCoordinator {
         }
         let verdict = evaluate(&self.published.load());
         if verdict.allowed {
-            tracing::debug!(namespace = %review.namespace, pod = %review.name, ?charges, "reserving quota");
-            let base = inner.base.clone();
-            inner.ledger.reserve(
-                &base,
-                &review.namespace,
-                &review.name,
-                charges,
-                Instant::now(),
-            );
-            self.metrics
-                .quota_reservations
-                .set(inner.ledger.len() as i64);
-            inner.serve_namespace(&self.published, &review.namespace);
+            self.reserve(&mut inner, review, &pod, charges);
         }
         verdict
+    }
+
+    /// Reserves `charges` of the allowed `pod`, and queues its confirmation.
+    fn reserve(
+        &self,
+        inner: &mut Inner,
+        review: &ParsedReview,
+        pod: &serde_json::Value,
+        charges: Vec<crate::cluster::ledger::Charge>,
+    ) {
+        let meta = &pod["metadata"];
+        let name = meta["name"].as_str().unwrap_or("");
+        let uid = meta["uid"].as_str().unwrap_or("");
+        if name.is_empty() || uid.is_empty() {
+            // The API server names the pod and gives it a uid before validating admission;
+            // a review without them was made by hand, and its pod cannot be checked.
+            tracing::debug!(namespace = %review.namespace, pod = %review.name, user = %review.user,
+                "a pod review without metadata.name and metadata.uid reserves no quota");
+            return;
+        }
+        let confirmations = self.confirmations.get();
+        let permit = match confirmations.map(|(tx, _)| tx.try_reserve()) {
+            None => None,
+            Some(Ok(permit)) => {
+                if self.queue_full.swap(false, Ordering::Relaxed) {
+                    tracing::info!("quota reservations are confirmed again");
+                }
+                Some(permit)
+            }
+            // The task has ended (shutting down): the reservation lasts until its TTL.
+            Some(Err(mpsc::error::TrySendError::Closed(()))) => None,
+            Some(Err(mpsc::error::TrySendError::Full(()))) => {
+                if !self.queue_full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        queue = confirm::QUEUE,
+                        "too many quota reservations waiting for confirmation; further pods reserve nothing until the queue drains (the API server's quota check still applies)"
+                    );
+                }
+                return;
+            }
+        };
+        tracing::debug!(namespace = %review.namespace, pod = name, uid, ?charges, "reserving quota");
+        let base = inner.base.clone();
+        let now = Instant::now();
+        if !inner
+            .ledger
+            .reserve(&base, &review.namespace, name, uid, charges, now)
+        {
+            return;
+        }
+        if let (Some(permit), Some((_, delay))) = (permit, confirmations) {
+            permit.send(PendingPod {
+                namespace: review.namespace.clone(),
+                name: name.to_string(),
+                uid: uid.to_string(),
+                user: review.user.clone(),
+                reserved_at: SystemTime::now(),
+                due: now + *delay,
+            });
+        }
+        self.metrics
+            .quota_reservations
+            .set(inner.ledger.len() as i64);
+        inner.serve_namespace(&self.published, &review.namespace);
+    }
+}
+
+/// The confirmation task's view of the coordinator.
+impl ReservationSink for QuotaCoordinator {
+    fn is_open(&self, pending: &PendingPod) -> bool {
+        self.lock().ledger.holds(&pending.namespace, &pending.uid)
+    }
+
+    fn resolve(&self, pending: &PendingPod, lookup: Lookup) {
+        let mut inner = self.lock();
+        let reserved = inner.ledger.reserved(&pending.namespace, &pending.uid);
+        if reserved.is_empty() {
+            return; // the quota status showed it meanwhile
+        }
+        let outcome = match confirm::decide(pending, &lookup, confirm::CLOCK_SKEW) {
+            Outcome::Confirmed => match &lookup {
+                Lookup::Found(pod) => {
+                    if covers(&charges(&inner.base, &pending.namespace, pod), &reserved) {
+                        Outcome::Confirmed
+                    } else {
+                        Outcome::Unconfirmed(
+                            "the pod is charged less than the review claimed".into(),
+                        )
+                    }
+                }
+                _ => Outcome::Confirmed,
+            },
+            other => other,
+        };
+        let why = match outcome {
+            Outcome::Confirmed => {
+                tracing::debug!(namespace = %pending.namespace, pod = %pending.name, "quota reservation confirmed by its pod");
+                return;
+            }
+            // Kept until its TTL; the confirmation task logs why, once.
+            Outcome::Unknown(_) => return,
+            Outcome::Unconfirmed(why) => why,
+        };
+        inner.ledger.withdraw(&pending.namespace, &pending.uid);
+        tracing::warn!(
+            namespace = %pending.namespace,
+            pod = %pending.name,
+            uid = %pending.uid,
+            user = %pending.user,
+            reason = %why,
+            "dropped a quota reservation whose pod did not appear: a review that did not come from the API server, or a pod refused after mlguard admitted it"
+        );
+        self.metrics.quota_reservations_unconfirmed.inc();
+        inner.settle(&self.metrics, Instant::now());
+        inner.serve(&self.published);
     }
 }
 

@@ -37,7 +37,11 @@ struct Inner {
     compacted: u64,
     watches: Vec<(&'static str, UnboundedSender<Chunk>)>,
     lists: BTreeMap<String, usize>,
+    /// GETs of one object, by resource.
+    gets: BTreeMap<String, usize>,
     down: bool,
+    /// GETs of one object are refused with 403, as without the RBAC rule.
+    forbid_gets: bool,
 }
 
 #[derive(Clone)]
@@ -234,6 +238,41 @@ impl Fake {
         self.lock().lists.get(resource).copied().unwrap_or(0)
     }
 
+    pub fn gets(&self, resource: &str) -> usize {
+        self.lock().gets.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Refuses (403) or serves again the GET of single objects.
+    pub fn forbid_gets(&self, forbid: bool) {
+        self.lock().forbid_gets = forbid;
+    }
+
+    /// `GET /api/v1/namespaces/{ns}/{resource}/{name}`: the stored object, else a 404 Status
+    /// as the API server sends it.
+    fn get(&self, resource: &'static str, namespace: Option<&str>, name: &str) -> Response {
+        let mut inner = self.lock();
+        *inner.gets.entry(resource.to_string()).or_default() += 1;
+        if inner.forbid_gets {
+            let who = "system:serviceaccount:mlguard-system:mlguard";
+            let message = format!(
+                "{resource} \"{name}\" is forbidden: User \"{who}\" cannot get resource \"{resource}\" in API group \"\" in the namespace \"{}\"",
+                namespace.unwrap_or("")
+            );
+            let mut body = status(403, "Forbidden", &message);
+            body["details"] = json!({"name": name, "kind": resource});
+            return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+        }
+        let key = format!("{}/{name}", namespace.unwrap_or(""));
+        match inner.objects.get(resource).and_then(|o| o.get(&key)) {
+            Some(object) => axum::Json(object.clone()).into_response(),
+            None => {
+                let mut body = status(404, "NotFound", &format!("{resource} \"{name}\" not found"));
+                body["details"] = json!({"name": name, "kind": resource});
+                (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+            }
+        }
+    }
+
     async fn list(
         &self,
         resource: &'static str,
@@ -312,6 +351,9 @@ async fn serve_fake(State(fake): State<Fake>, uri: Uri) -> Response {
     let (namespace, resource) = match rest {
         [resource] => (None, resource_name(resource)),
         ["namespaces", ns, resource] => (Some(*ns), resource_name(resource)),
+        ["namespaces", ns, resource, name] => {
+            return fake.get(resource_name(resource), Some(ns), name);
+        }
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {

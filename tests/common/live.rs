@@ -23,6 +23,18 @@ pub fn fixture_pod_review() -> Vec<u8> {
     .unwrap()
 }
 
+/// The fixture pod as validating admission sees it: the API server has named it (from its
+/// generateName) and given it a uid, which a quota reservation needs. Each call is another pod.
+pub fn validating_pod_review() -> Vec<u8> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut review: Json = serde_json::from_slice(&fixture_pod_review()).unwrap();
+    let metadata = &mut review["request"]["object"]["metadata"];
+    metadata["name"] = serde_json::json!(format!("resnet50-train-{n:05}"));
+    metadata["uid"] = serde_json::json!(format!("3f1e0c2a-0000-4000-8000-{n:012}"));
+    serde_json::to_vec(&review).unwrap()
+}
+
 /// POSTs a review to /validate; returns (allowed, message).
 pub async fn validate(app: &Arc<Webhook>, body: Vec<u8>) -> (bool, String) {
     let request = Request::post("/validate")

@@ -349,14 +349,17 @@ def test_pdb_covers_the_deployment(objs):
         assert 1 <= pdb["minAvailable"] < dep["spec"]["replicas"]
 
 
-def test_rbac_is_list_and_watch_on_three_resources(objs):
+def test_rbac_is_list_and_watch_on_three_resources_and_get_on_pods(objs):
     role = objs.one("ClusterRole", "mlguard")
-    assert len(role["rules"]) == 1
-    rule = role["rules"][0]
-    assert rule["apiGroups"] == [""]
-    assert sorted(rule["resources"]) == ["namespaces", "nodes", "resourcequotas"]
-    assert sorted(rule["verbs"]) == ["list", "watch"]
-    assert set(rule) == {"apiGroups", "resources", "verbs"}
+    assert len(role["rules"]) == 2
+    watched, pods = role["rules"]
+    assert watched["apiGroups"] == [""]
+    assert sorted(watched["resources"]) == ["namespaces", "nodes", "resourcequotas"]
+    assert sorted(watched["verbs"]) == ["list", "watch"]
+    # Confirming quota reservations reads single pods; nothing lists, watches or writes them.
+    assert pods == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}
     assert not objs.of_kind("Role") and not objs.of_kind("RoleBinding")
 
 

@@ -38,6 +38,7 @@ METRICS = {
     "mlguard_cluster_state_age_seconds": ("gauge", {}),
     "mlguard_quota_reservations": ("gauge", {}),
     "mlguard_quota_reservations_expired_total": ("counter", {}),
+    "mlguard_quota_reservations_unconfirmed_total": ("counter", {}),
     "mlguard_build_info": ("gauge", {"version": None, "commit": None}),
 }
 # Prometheus' own per-target series.
