@@ -165,6 +165,11 @@ pub struct ServeArgs {
     /// Seconds a request body may take to arrive.
     #[arg(long, env = "MLGUARD_BODY_TIMEOUT", default_value_t = 5.0)]
     pub body_timeout: f64,
+    /// MiB of memory the process may use before policy evaluations stop with an error (a
+    /// denial, or a refused policy set at load) instead of growing further; keep it below the
+    /// container's memory limit (256Mi in the manifests). 0: no limit.
+    #[arg(long, env = "MLGUARD_MEMORY_LIMIT", default_value_t = 192)]
+    pub memory_limit: u64,
 }
 
 /// What a review whose deadline passed is answered.

@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     pub max_concurrent: usize,
     pub limits: ReviewLimits,
+    /// Process memory, in bytes, past which policy evaluations fail (None: no limit).
+    pub memory_limit: Option<u64>,
 }
 
 /// The bounds on one review (see `serve::handlers`).
@@ -220,6 +222,12 @@ impl ServeConfig {
                 "--review-memory must be at least 96 (MiB): the share of a review of the largest size mlguard accepts (8 MiB of JSON, 12 bytes of memory a byte)".into(),
             ));
         }
+        if args.memory_limit > 0 && args.memory_limit < u64::from(args.review_memory) + 32 {
+            return Err(ConfigError(format!(
+                "--memory-limit ({} MiB) must leave room for --review-memory ({} MiB) and the process itself (32 MiB)",
+                args.memory_limit, args.review_memory
+            )));
+        }
         let deadline = seconds("--review-deadline", args.review_deadline, 0.05)?;
         if deadline >= Duration::from_secs(30) {
             return Err(ConfigError(
@@ -241,6 +249,7 @@ impl ServeConfig {
             reload_interval: seconds("--reload-interval", args.reload_interval, 0.05)?,
             shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout, 0.0)?,
             max_concurrent: args.max_concurrent,
+            memory_limit: (args.memory_limit > 0).then(|| args.memory_limit * 1024 * 1024),
             limits: ReviewLimits {
                 deadline,
                 on_deadline: args.on_deadline,

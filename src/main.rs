@@ -6,11 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use mlguard::cli::{Cli, Command};
 
-/// mimalloc, counting allocations only while `mlguard bench` measures.
-#[global_allocator]
-static ALLOC: mlguard::alloc::CountingAlloc = mlguard::alloc::CountingAlloc;
-
 fn main() -> ExitCode {
+    mlguard::alloc::disable_transparent_huge_pages();
     let cli = Cli::parse();
     mlguard::logging::init(&cli.log);
     match cli.command {

@@ -177,6 +177,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::policy::limits::set_process_memory_limit(config.memory_limit);
     let (cert_path, key_path) = initial_certificate(&config.tls)?;
     let (key, info) = tls::load_pair(&cert_path, &key_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cert = SwappableCert::new(key, &info);
