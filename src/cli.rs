@@ -158,7 +158,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MLGUARD_ON_DEADLINE", value_enum, default_value_t = DeadlineAnswer::Deny)]
     pub on_deadline: DeadlineAnswer,
     /// MiB the reviews in flight may take in all, counted from their size (see the README's
-    /// Operating section); a review waits for its share, within its deadline. At least 96,
+    /// Operating section); a review waits for its share, within its deadline. At least 128,
     /// the share of the largest review.
     #[arg(long, env = "MLGUARD_REVIEW_MEMORY", default_value_t = 128)]
     pub review_memory: u32,

@@ -217,9 +217,9 @@ impl ServeConfig {
         if args.max_concurrent == 0 {
             return Err(ConfigError("--max-concurrent must be at least 1".into()));
         }
-        if args.review_memory < 96 {
+        if args.review_memory < 128 {
             return Err(ConfigError(
-                "--review-memory must be at least 96 (MiB): the share of a review of the largest size mlguard accepts (8 MiB of JSON, 12 bytes of memory a byte)".into(),
+                "--review-memory must be at least 128 (MiB): the share of a review of the largest size mlguard accepts (8 MiB of JSON, 16 bytes of memory a byte)".into(),
             ));
         }
         if args.memory_limit > 0 && args.memory_limit < u64::from(args.review_memory) + 32 {
@@ -263,6 +263,36 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The memory arithmetic of the README's Operating section: the largest review fits the
+    /// review memory; the review memory and the process fit the evaluation memory limit; and
+    /// that limit sits below the container's limit in the manifests, with room for what is
+    /// not counted (cluster state of a mid-size cluster, TLS buffers, the allocator's own).
+    #[test]
+    fn the_memory_bounds_fit_inside_one_another() {
+        let config = serve(&[]).unwrap();
+        let largest = crate::serve::memory_cost_kib(crate::serve::MAX_BODY_BYTES);
+        assert!(largest <= config.limits.memory_kib, "{largest} KiB");
+        let limit = config.memory_limit.unwrap();
+        assert!(limit >= (u64::from(config.limits.memory_kib) + 32 * 1024) * 1024);
+        let deployment = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/manifests/common/deployment.yaml"
+        ))
+        .unwrap();
+        let container_limit: u64 = deployment
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("limits:"))
+            .find_map(|l| l.trim().strip_prefix("memory: "))
+            .and_then(|m| m.strip_suffix("Mi"))
+            .and_then(|m| m.parse().ok())
+            .expect("a memory limit in Mi");
+        assert!(
+            container_limit * 1024 * 1024 >= limit + 64 * 1024 * 1024,
+            "container limit {container_limit} Mi, evaluation limit {} MiB",
+            limit / 1024 / 1024
+        );
+    }
     use crate::cli::{Cli, Command};
     use clap::Parser;
 

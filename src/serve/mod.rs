@@ -8,13 +8,14 @@
 //! the kube client, each reloader the handle it swaps and the error it records.
 //!
 //! - `handlers`: `POST /mutate` and `/validate`; `probes`: the probe port;
-//! - `listener`: the TLS accept loop and the shutdown signals;
+//! - `listener`: the TLS accept loop and the shutdown signals; `pool`: the evaluation threads;
 //! - `health`: readiness latches and reload errors; `reload`: certificates and policies;
 //! - `quota`: the quota coordinator on the request path (live cluster state).
 
 pub mod handlers;
 pub mod health;
 pub mod listener;
+pub mod pool;
 pub mod probes;
 pub mod quota;
 pub mod reload;
@@ -55,6 +56,7 @@ pub struct Webhook {
     limits: ReviewLimits,
     /// KiB of review memory (see `handlers::memory_cost_kib`).
     memory: Arc<Semaphore>,
+    pool: Arc<pool::EvaluationPool>,
 }
 
 impl Webhook {
@@ -79,6 +81,9 @@ impl Webhook {
             limiter: Arc::new(Semaphore::new(max_concurrent)),
             memory: Arc::new(Semaphore::new(ReviewLimits::default().memory_kib as usize)),
             limits: ReviewLimits::default(),
+            pool: Arc::new(pool::EvaluationPool::new(
+                pool::EvaluationPool::default_threads(),
+            )),
         }
     }
 
@@ -112,6 +117,7 @@ impl Webhook {
             limiter: self.limiter.clone(),
             memory: self.memory.clone(),
             limits: self.limits.clone(),
+            pool: self.pool.clone(),
         })
     }
 
