@@ -178,6 +178,15 @@ async fn forged_reviews_are_dropped_within_the_confirmation_delay() {
         "{text}"
     );
 
+    // Forged again: the namespace is suspect now, so the reviews reserve nothing and cannot
+    // hold the quota, however often they come.
+    for (name, uid) in [("forged-2", "f2"), ("forged-3", "f3")] {
+        let (ok, message) = validate(&setup.app, review(&pod(name, Some(uid), 2), "mallory")).await;
+        assert!(ok, "{message}");
+    }
+    assert_eq!(setup.live.reservations(), 0);
+    assert_eq!(remaining(&setup.app), Some(4.0));
+
     // A hand-made review without a pod uid is decided as any other and reserves nothing.
     let (ok, message) = validate(&setup.app, review(&pod("no-uid", None, 2), "mallory")).await;
     assert!(ok, "{message}");
@@ -186,10 +195,11 @@ async fn forged_reviews_are_dropped_within_the_confirmation_delay() {
     let (ok, _) = validate(&setup.app, review(&pod("no-uid", None, 5), "mallory")).await;
     assert!(!ok, "a pod over the quota is still denied");
 
-    // The real GPU pod is admitted again.
+    // The real GPU pod is admitted again, on the quota's own figures (not reserved while the
+    // namespace is suspect).
     let (ok, message) = validate(&setup.app, review(&real, "alice")).await;
     assert!(ok, "{message}");
-    assert_eq!(remaining(&setup.app), Some(3.0));
+    assert_eq!(remaining(&setup.app), Some(4.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,7 +37,19 @@ struct Inner {
     ledger: Ledger,
     /// The state last swapped into the evaluator (base + reservations).
     served: Option<Arc<ClusterState>>,
+    /// Namespaces where a reservation went unconfirmed lately, until when: their pods reserve
+    /// nothing meanwhile (see [`SUSPECT_FOR`]).
+    suspect: std::collections::HashMap<String, Instant>,
 }
+
+/// How long, after a reservation in a namespace went unconfirmed, pods there reserve nothing.
+/// Dropping forged reservations after the confirmation delay is not enough on its own: a
+/// forger who posts again every few seconds would hold the quota for good. In a suspect
+/// namespace, admitted pods are not reserved, so forged reviews cannot hold quota there; the
+/// cost is mlguard's burst precision there (two pods admitted at once may both pass on the
+/// same figure, and the API server's quota plugin then refuses the second, as it does across
+/// replicas).
+pub const SUSPECT_FOR: Duration = Duration::from_secs(600);
 
 pub struct QuotaCoordinator {
     inner: Mutex<Inner>,
@@ -141,6 +153,7 @@ impl QuotaCoordinator {
                 base: Arc::new(ClusterState::default()),
                 ledger: Ledger::new(ttl),
                 served: None,
+                suspect: Default::default(),
             }),
             published,
             metrics,
@@ -284,6 +297,15 @@ impl QuotaCoordinator {
         tracing::debug!(namespace = %review.namespace, pod = name, uid, ?charges, "reserving quota");
         let base = inner.base.clone();
         let now = Instant::now();
+        if inner
+            .suspect
+            .get(&review.namespace)
+            .is_some_and(|until| *until > now)
+        {
+            tracing::debug!(namespace = %review.namespace, pod = name,
+                "no quota reservation: a reservation in this namespace went unconfirmed lately");
+            return;
+        }
         if !inner
             .ledger
             .reserve(&base, &review.namespace, name, uid, charges, now)
@@ -344,6 +366,11 @@ impl ReservationSink for QuotaCoordinator {
             Outcome::Unconfirmed(why) => why,
         };
         inner.ledger.withdraw(&pending.namespace, &pending.uid);
+        let now = Instant::now();
+        inner.suspect.retain(|_, until| *until > now);
+        inner
+            .suspect
+            .insert(pending.namespace.clone(), now + SUSPECT_FOR);
         tracing::warn!(
             namespace = %pending.namespace,
             pod = %pending.name,
