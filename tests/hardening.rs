@@ -291,3 +291,61 @@ async fn a_policy_that_grows_without_bound_is_refused_at_load() {
         started.elapsed()
     );
 }
+
+/// Before its body is read, a review takes its share of the review memory by its declared
+/// size. An 8 MB upload takes almost all of it: a small review still finds its share and is
+/// answered at once, while a second 8 MB upload waits until the first lets go of its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_waits_for_its_share_of_the_review_memory() {
+    let s = setup(&["--review-deadline", "1", "--body-timeout", "2"]).await;
+    let stall = || async {
+        let tcp = tokio::net::TcpStream::connect(s.server.webhook)
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(trusting(&s.ca))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /validate HTTP/1.1\r\nhost: {SERVICE_DNS}\r\ncontent-type: application/json\r\ncontent-length: 8000000\r\n\r\n["
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        tls
+    };
+    let answered = |mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
+        let mut answer = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            Instant::now(),
+            String::from_utf8_lossy(&answer[..n]).to_string(),
+        )
+    };
+    let first = stall().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = stall().await;
+    let mut conn = Conn::open(s.server.webhook, trusting(&s.ca)).await.unwrap();
+    let small: Json = serde_json::from_slice(&fixture("gpu-pod-no-limit.json")).unwrap();
+    let started = Instant::now();
+    assert_eq!(conn.review("/validate", &small).await["allowed"], false);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let (first_at, first) = answered(first).await;
+    let (second_at, second) = answered(second).await;
+    assert!(first.starts_with("HTTP/1.1 408"), "{first}");
+    assert!(
+        second.starts_with("HTTP/1.1 408") || second.starts_with("HTTP/1.1 503"),
+        "{second}"
+    );
+    assert!(
+        second_at >= first_at,
+        "the second upload was answered before the first let go"
+    );
+}

@@ -114,6 +114,30 @@ async fn validate(State(state): State<WebhookState>, request: Request) -> Respon
     review(state, Stage::Validate, request).await
 }
 
+/// A share of `kib` of the review memory, or None when none came free by `deadline` (or the
+/// server is shutting down). Not a fair queue: a small review takes its share whenever one is
+/// free, rather than wait behind a large one that waits for most of the memory, so that two
+/// stalled uploads of the largest size cannot hold up every other review.
+async fn memory_share(
+    memory: &Arc<Semaphore>,
+    kib: u32,
+    deadline: tokio::time::Instant,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    use tokio::sync::TryAcquireError;
+    loop {
+        match memory.clone().try_acquire_many_owned(kib) {
+            Ok(share) => return Some(share),
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) if tokio::time::Instant::now() >= deadline => {
+                return None
+            }
+            Err(TryAcquireError::NoPermits) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
+        }
+    }
+}
+
 /// A request refused before its review could be read: an HTTP error (the API server then
 /// applies the webhook's failurePolicy), counted, and logged with the reason.
 fn refuse(
@@ -156,14 +180,7 @@ async fn review(state: WebhookState, stage: Stage, request: Request) -> Response
             format!("an AdmissionReview is at most {MAX_BODY_BYTES} bytes; this one declares {declared}"),
         );
     }
-    let Ok(memory) = tokio::time::timeout_at(
-        deadline,
-        state
-            .memory
-            .clone()
-            .acquire_many_owned(memory_cost_kib(declared)),
-    )
-    .await
+    let Some(_memory) = memory_share(&state.memory, memory_cost_kib(declared), deadline).await
     else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -173,9 +190,6 @@ async fn review(state: WebhookState, stage: Stage, request: Request) -> Response
                 limits.deadline
             ),
         );
-    };
-    let Ok(_memory) = memory else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     };
     let body_deadline = deadline.min(tokio::time::Instant::from_std(
         started + limits.body_timeout,
