@@ -66,6 +66,10 @@ enum Level {
     Request,
     Object,
     Metadata,
+    /// Anything else: built as it is, by this visitor rather than regorus's own `Deserialize`
+    /// (which reads an object whose first member is `$serde_json::private::Number` as a
+    /// number, or fails on it, turning a whole object into `null`).
+    Value,
 }
 
 /// What to do with the value under a key.
@@ -135,7 +139,10 @@ impl<'de> serde::de::Visitor<'de> for Parse<'_, 'de> {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(v) = seq.next_element::<Value>()? {
+        while let Some(v) = seq.next_element_seed(Parse {
+            level: Level::Value,
+            ..self
+        })? {
             items.push(v);
         }
         Ok(Value::from(items))
@@ -144,7 +151,10 @@ impl<'de> serde::de::Visitor<'de> for Parse<'_, 'de> {
         let mut out = std::collections::BTreeMap::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let value = match self.level.child(&key) {
-                Child::Plain => map.next_value::<Value>()?,
+                Child::Plain => map.next_value_seed(Parse {
+                    level: Level::Value,
+                    ..self
+                })?,
                 Child::Nested(level) => map.next_value_seed(Parse { level, ..self })?,
                 Child::Raw(slot) => {
                     self.raw.borrow_mut()[slot] = Some(map.next_value::<&'de RawValue>()?);
