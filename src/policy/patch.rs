@@ -7,7 +7,7 @@
 //! Patch again, so an operation cannot be lost between the check and the reply.
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, PatchOperation};
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::{json, Value as Json};
 
 /// A policy emitted an operation that cannot apply to the object.
@@ -78,13 +78,23 @@ fn empty_container_for(token: &str) -> Json {
     }
 }
 
-/// `add` ops for every missing ancestor of `path`, outermost first.
+/// At most this many missing ancestors are created for one operation. Each is an operation of
+/// its own that carries its whole path, so a path of k missing levels (`/a//////...`) would
+/// otherwise become k operations costing O(k^2) to check here and to apply at the API server:
+/// seconds for a few thousand. Kubernetes objects are nowhere near this deep.
+const MAX_MISSING_PARENTS: usize = 32;
+
+/// `add` ops for every missing ancestor of `path`, outermost first; none when there are more
+/// than `MAX_MISSING_PARENTS` (the apply check then rejects the operation).
 fn missing_parents(doc: &Json, path: &str) -> Vec<PatchOperation> {
     let mut missing = Vec::new();
     let mut current = path;
     while let Some((parent, token)) = parent_of(current) {
         if parent.is_empty() || doc.pointer(parent).is_some() {
             break;
+        }
+        if missing.len() == MAX_MISSING_PARENTS {
+            return Vec::new();
         }
         // Only object members are created: a missing array element (`/containers/5`) means
         // the policy addressed something that is not there, and the apply check says so.
@@ -110,16 +120,21 @@ fn missing_parents(doc: &Json, path: &str) -> Vec<PatchOperation> {
 fn already_in_effect(doc: &Json, op: &PatchOperation) -> bool {
     let path = op.path().as_str();
     match op {
-        PatchOperation::Add(add) => match path.strip_suffix("/-") {
-            // Appending an element the array already holds is how a toleration or a volume
-            // would be added twice on reinvocation.
-            Some(array) => doc
-                .pointer(array)
-                .and_then(Json::as_array)
-                .is_some_and(|items| items.contains(&add.value)),
-            None => doc.pointer(path) == Some(&add.value),
-        },
-        PatchOperation::Replace(replace) => doc.pointer(path) == Some(&replace.value),
+        // A `replace` of something absent is made an `add` (`make_safe`), so it is in effect
+        // exactly when that `add` is: `replace /spec/tolerations/-` appends too.
+        PatchOperation::Add(AddOperation { value, .. })
+        | PatchOperation::Replace(ReplaceOperation { value, .. }) => {
+            match path
+                .strip_suffix("/-")
+                .and_then(|array| doc.pointer(array)?.as_array())
+            {
+                // Appending an element the array already holds is how a toleration or a
+                // volume would be added twice on reinvocation.
+                Some(items) => items.contains(value),
+                // Otherwise `-` is a plain member name (of an object), as any other.
+                None => doc.pointer(path) == Some(value),
+            }
+        }
         PatchOperation::Remove(_) => doc.pointer(path).is_none(),
         _ => false,
     }

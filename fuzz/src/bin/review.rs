@@ -1,0 +1,5 @@
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        mlguard_fuzz::checks::review(data);
+    });
+}
