@@ -133,14 +133,44 @@ whole_number(s) := n if {
 }
 
 # Kubernetes quantities ("8", "500m", "16Gi", "2k", "1e3"), by the grammar of apimachinery's
-# resource.Quantity, as mlguard's Rust reader (src/cluster/quantity.rs) reads them:
+# resource.Quantity, as mlguard's Rust reader (src/cluster/quantity.rs) reads them, white space
+# around them ignored:
 # a signed number (digits, with an optional decimal point) and a suffix, one of the decimal
 # SI suffixes n u m k M G T P E, the binary ones Ki Mi Gi Ti Pi Ei, or an exponent e3, E-2.
 quantity_grammar := `^([+-]?)([0-9]+\.?[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$`
 
-quantity(s) := ((sign_of(parts[1]) * mantissa(parts[2])) * quantity_multiplier(parts[3])) / quantity_divisor(parts[3]) if {
-	parts := regex.find_all_string_submatch_n(quantity_grammar, s, 1)[0]
+quantity(s) := capped((sign_of(parts[1]) * mantissa(parts[2])) * quantity_multiplier(parts[3]), parts[3]) / quantity_divisor(parts[3]) if {
+	parts := regex.find_all_string_submatch_n(quantity_grammar, trim_space(s), 1)[0]
 }
+
+# Zero is zero at any scale ("0E123456").
+quantity(s) := 0 if {
+	parts := regex.find_all_string_submatch_n(quantity_grammar, trim_space(s), 1)[0]
+	mantissa(parts[2]) == 0
+}
+
+# Binary-suffixed quantities are capped at 2^63-1, as apimachinery caps them.
+capped(v, suffix) := v if not binary_suffixes[suffix]
+
+capped(v, suffix) := max_binary if {
+	binary_suffixes[suffix]
+	v > max_binary
+}
+
+capped(v, suffix) := 0 - max_binary if {
+	binary_suffixes[suffix]
+	v < 0 - max_binary
+}
+
+capped(v, suffix) := v if {
+	binary_suffixes[suffix]
+	v <= max_binary
+	v >= 0 - max_binary
+}
+
+max_binary := 9223372036854775807
+
+binary_suffixes := {"Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
 
 sign_of("-") := -1
 
@@ -190,12 +220,12 @@ exponent(suffix) := to_number(trim_prefix(substring(suffix, 1, -1), "+")) if {
 	not quantity_divisors[suffix]
 }
 
-# 10 to a power. Beyond 10^30 no resource is meant; such a value is unreadable.
+# 10 to a power, up to what a 64-bit float holds (as the Rust reader); beyond, unreadable.
 power_of_ten(0) := 1
 
 power_of_ten(e) := product([10 | some _ in numbers.range(1, e)]) if {
 	e > 0
-	e <= 30
+	e <= 308
 }
 
 # GPU requests and limits of the pod that are not quantities, each as

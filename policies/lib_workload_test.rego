@@ -72,6 +72,7 @@ test_quantities_every_suffix if {
 	workload.quantity("7E") == 7000000000000000000
 	workload.quantity("5u") == 0.000005
 	workload.quantity("-1") == -1
+	workload.quantity(" 2 ") == 2
 }
 
 test_quantities_unreadable if {
@@ -79,7 +80,7 @@ test_quantities_unreadable if {
 	not workload.quantity("1e")
 	not workload.quantity("1ki")
 	not workload.quantity("")
-	not workload.quantity(" 1")
+	not workload.quantity("1 k")
 	not workload.quantity("1e400")
 }
 

@@ -61,12 +61,17 @@ fn suffix_scale(suffix: &str) -> Option<Scale> {
     })
 }
 
+/// The largest quantity with a binary suffix: apimachinery caps those at 2^63-1.
+const MAX_BINARY: f64 = i64::MAX as f64;
+
 /// Parses a quantity into its value in base units (so `500m` is 0.5 and `1Ki` is 1024).
-pub fn parse(input: &str) -> Result<f64, QuantityError> {
+/// Surrounding white space is ignored, as apimachinery ignores it when it decodes an object.
+pub fn parse(quantity: &str) -> Result<f64, QuantityError> {
     let err = |reason| QuantityError {
-        input: input.to_string(),
+        input: quantity.to_string(),
         reason,
     };
+    let input = quantity.trim();
     if input.is_empty() {
         return Err(err("empty"));
     }
@@ -94,9 +99,10 @@ pub fn parse(input: &str) -> Result<f64, QuantityError> {
     let value = match scale {
         // Parsed with the exponent in the text, so that `1.1k` is exactly 1100.
         Scale::Ten(exponent) => format!("{sign}{whole}.{fraction}e{exponent}").parse::<f64>(),
-        Scale::Two(exponent) => format!("{sign}{whole}.{fraction}")
+        Scale::Two(exponent) => format!("{whole}.{fraction}")
             .parse::<f64>()
-            .map(|v| v * 2f64.powi(exponent)),
+            .map(|v| (v * 2f64.powi(exponent)).min(MAX_BINARY))
+            .map(|v| if sign == "-" { -v } else { v }),
     }
     .map_err(|_| err("not a number"))?;
     if !value.is_finite() {
@@ -167,6 +173,10 @@ mod tests {
             ("-1", -1.0),
             ("1.1k", 1100.0),
             ("0.5Gi", 512.0 * 1024.0 * 1024.0),
+            (" 1", 1.0),
+            ("2 ", 2.0),
+            ("50Ei", i64::MAX as f64),
+            ("0E123456", 0.0),
         ];
         for (input, want) in cases {
             assert_eq!(parse(input), Ok(*want), "{input}");
@@ -177,10 +187,10 @@ mod tests {
     fn rejects_what_kubernetes_rejects_with_a_reason() {
         for input in [
             "",
+            " ",
             "abc",
             "3 GPUs",
-            " 1",
-            "1 ",
+            "1 k",
             "1x",
             "1e",
             "1ki",
