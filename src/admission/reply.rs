@@ -41,6 +41,25 @@ pub struct Response {
     pub warnings: Option<Vec<String>>,
 }
 
+impl Reply {
+    /// An admission with nothing else to say, echoing the review's apiVersion and uid.
+    fn admitting(api_version: &str, uid: &str) -> Reply {
+        Reply {
+            api_version: api_version.to_string(),
+            kind: "AdmissionReview",
+            response: Response {
+                uid: uid.to_string(),
+                allowed: true,
+                status: Status::default(),
+                patch: None,
+                patch_type: None,
+                audit_annotations: BTreeMap::new(),
+                warnings: None,
+            },
+        }
+    }
+}
+
 impl Response {
     fn deny(&mut self, message: String, code: u16, reason: &str) {
         self.allowed = false;
@@ -54,19 +73,7 @@ impl Response {
 
 impl ParsedReview {
     fn response(&self) -> Reply {
-        Reply {
-            api_version: self.api_version.clone(),
-            kind: "AdmissionReview",
-            response: Response {
-                uid: self.uid.clone(),
-                allowed: true,
-                status: Status::default(),
-                patch: None,
-                patch_type: None,
-                audit_annotations: BTreeMap::new(),
-                warnings: None,
-            },
-        }
+        Reply::admitting(&self.api_version, &self.uid)
     }
 
     /// Allowed, unchanged: for requests no policy looks at.
@@ -109,19 +116,7 @@ impl ParsedReview {
 /// with `message`, or, where the admin chose so, admitted with `message` as a warning and an
 /// audit annotation. Never a silent admission. `ids` are the review's apiVersion and uid.
 pub fn unevaluated(ids: &ReviewIds, message: String, admit: bool) -> Reply {
-    let mut reply = Reply {
-        api_version: ids.api_version.clone(),
-        kind: "AdmissionReview",
-        response: Response {
-            uid: ids.uid.clone(),
-            allowed: true,
-            status: Status::default(),
-            patch: None,
-            patch_type: None,
-            audit_annotations: BTreeMap::new(),
-            warnings: None,
-        },
-    };
+    let mut reply = Reply::admitting(&ids.api_version, &ids.uid);
     if admit {
         reply
             .response
