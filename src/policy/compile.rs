@@ -43,6 +43,35 @@ impl PolicySet {
             packages.entry(package).or_default().push(file.name.clone());
         }
 
+        // An import of a rule or package the set does not have would make every rule that
+        // reads it undefined: the policy would load and never fire.
+        let resolves = |path: &str| {
+            packages.contains_key(path)
+                || path.rsplit_once('.').is_some_and(|(package, rule)| {
+                    packages.get(package).is_some_and(|files| {
+                        files.iter().any(|file| {
+                            engine
+                                .has_declared_rule_rooted_at(file, rule)
+                                .unwrap_or(false)
+                        })
+                    })
+                })
+        };
+        for file in &rego {
+            if let Some((line, path)) = lint::unresolved_imports(&file.text, resolves).pop() {
+                return Err(PolicyError::Forbidden {
+                    file: file.name.clone(),
+                    line,
+                    message: format!(
+                        "`import {path}` names no rule or package of this policy set, so every \
+                         rule that reads it would be undefined and the policy would never fire; \
+                         check the name, and that the helper library (lib_*.rego) is in the \
+                         policy directory"
+                    ),
+                });
+            }
+        }
+
         let hints: Vec<String> = rego
             .iter()
             .flat_map(|file| {
@@ -238,6 +267,49 @@ mod tests {
                 started.elapsed() < std::time::Duration::from_secs(3),
                 "{backend:?}"
             );
+        }
+    }
+
+    /// An import of a helper rule that does not exist, or of a helper library that is not in
+    /// the directory, is refused at load with file and line: the policy would never fire.
+    #[test]
+    fn an_import_that_resolves_to_nothing_is_refused() {
+        let lib = rego(
+            "lib.rego",
+            "package mlguard.lib.workload\n\nimport rego.v1\n\nis_pod if input.review.kind.kind == \"Pod\"\n",
+        );
+        let policy = |import: &str| {
+            rego(
+                "p.rego",
+                &format!(
+                    "package mlguard.policies.p\n\nimport {import}\nimport data.mlguard.config\nimport rego.v1\n\ndeny contains \"no\" if is_pod\n"
+                ),
+            )
+        };
+        let ok = PolicySet::compile(
+            vec![lib.clone(), policy("data.mlguard.lib.workload.is_pod")],
+            Origin::Embedded,
+            Backend::Vm,
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        for (files, why) in [
+            (
+                vec![lib.clone(), policy("data.mlguard.lib.workload.is_pd")],
+                "a misspelt rule",
+            ),
+            (
+                vec![policy("data.mlguard.lib.workload.is_pod")],
+                "no helper library",
+            ),
+        ] {
+            let err = PolicySet::compile(files, Origin::Embedded, Backend::Vm)
+                .expect_err(why)
+                .to_string();
+            assert!(
+                err.starts_with("p.rego:3: `import data.mlguard.lib.workload."),
+                "{why}: {err}"
+            );
+            assert!(err.contains("would never fire"), "{err}");
         }
     }
 

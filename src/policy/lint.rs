@@ -101,6 +101,29 @@ pub fn check(file: &str, text: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// The imports of rules and packages (`data.mlguard.lib.*`, `data.mlguard.policies.*`) that
+/// `resolves` does not know, each with its line. Such an import makes every rule that reads it
+/// undefined: the policy loads and silently never fires (a helper renamed away, or a policy
+/// directory without the helper library). Data documents (`data.mlguard.config`,
+/// `data.mlguard.cluster`) are not rules and are not checked.
+pub fn unresolved_imports(text: &str, resolves: impl Fn(&str) -> bool) -> Vec<(usize, String)> {
+    code_only(text)
+        .lines()
+        .enumerate()
+        .filter_map(|(index, line)| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let path = match words.as_slice() {
+                ["import", path] | ["import", path, "as", _] => *path,
+                _ => return None,
+            };
+            let checked = ["data.mlguard.lib.", "data.mlguard.policies."]
+                .iter()
+                .any(|root| path.starts_with(root));
+            (checked && !resolves(path)).then(|| (index + 1, path.to_string()))
+        })
+        .collect()
+}
+
 /// Places where a policy reads a rule through an import of a whole package (`import
 /// data.mlguard.lib.workload`, then `workload.is_pod`). Portable and correct, but regorus's VM
 /// compiles such a reference as the package's whole document: every rule in the package is
