@@ -8,34 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fixture, repo, trusting, write_certs, Conn, TestServer, SERVICE_DNS};
+use common::{fixture, repo, stalled_upload, trusting, with_own_ca, Conn, TlsSetup};
 use serde_json::{json, Value as Json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-struct Setup {
-    server: TestServer,
-    ca: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(extra: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = write_certs(dir.path());
-    let cert = dir.path().join("tls.crt");
-    let key = dir.path().join("tls.key");
-    let mut args = vec![
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let server = TestServer::start(&args).await;
-    Setup {
-        server,
-        ca,
-        _dir: dir,
-    }
+async fn setup(extra: &[&str]) -> TlsSetup {
+    with_own_ca(extra).await
 }
 
 fn pod_review(uid: &str, object: Json) -> Json {
@@ -134,19 +112,7 @@ async fn an_object_mlguard_cannot_read_is_denied_never_admitted_as_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_is_cut_off() {
     let s = setup(&["--body-timeout", "0.5"]).await;
-    let tcp = tokio::net::TcpStream::connect(s.server.webhook)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(trusting(&s.ca))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /validate HTTP/1.1\r\nhost: {SERVICE_DNS}\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n{{\"apiVersion\":"
-    );
-    tls.write_all(head.as_bytes()).await.unwrap();
-    tls.flush().await.unwrap();
+    let mut tls = stalled_upload(&s, 1_000_000, r#"{"apiVersion":"#).await;
     let started = Instant::now();
     let mut answer = vec![0; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))
@@ -302,22 +268,7 @@ async fn a_policy_that_grows_without_bound_is_refused_at_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_waits_for_its_share_of_the_review_memory() {
     let s = setup(&["--review-deadline", "1", "--body-timeout", "2"]).await;
-    let stall = || async {
-        let tcp = tokio::net::TcpStream::connect(s.server.webhook)
-            .await
-            .unwrap();
-        let name = rustls_pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(trusting(&s.ca))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let head = format!(
-            "POST /validate HTTP/1.1\r\nhost: {SERVICE_DNS}\r\ncontent-type: application/json\r\ncontent-length: 8000000\r\n\r\n["
-        );
-        tls.write_all(head.as_bytes()).await.unwrap();
-        tls.flush().await.unwrap();
-        tls
-    };
+    let stall = || stalled_upload(&s, 8_000_000, "[");
     let answered = |mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
         let mut answer = vec![0; 4096];
         let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))

@@ -4,33 +4,13 @@
 
 mod common;
 
-use common::{apply, fixture, http_get, patch_of, trusting, write_certs, Conn, TestServer};
+use common::{
+    apply, fixture, http_get, patch_of, trusting, with_own_ca, write_certs, Conn, TlsSetup,
+};
 use serde_json::{json, Value as Json};
 
-struct Setup {
-    server: TestServer,
-    ca: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(extra: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = write_certs(dir.path());
-    let cert = dir.path().join("tls.crt");
-    let key = dir.path().join("tls.key");
-    let mut args = vec![
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let server = TestServer::start(&args).await;
-    Setup {
-        server,
-        ca,
-        _dir: dir,
-    }
+async fn setup(extra: &[&str]) -> TlsSetup {
+    with_own_ca(extra).await
 }
 
 fn with_object(review: &Json, object: &Json) -> Json {

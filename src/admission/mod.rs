@@ -5,7 +5,7 @@
 pub mod reply;
 pub mod review;
 
-pub use reply::{internal_error, unevaluated, Reply, ReviewIds};
+pub use reply::{unevaluated, Reply, ReviewIds};
 pub use review::{object_name, parse, ParsedReview, ReviewError, UnreadableObject, API_VERSION};
 
 use std::time::Instant;

@@ -76,11 +76,6 @@ impl ParsedReview {
         Reply::admitting(&self.api_version, &self.uid)
     }
 
-    /// Allowed, unchanged: for requests no policy looks at.
-    pub fn allow(&self) -> Reply {
-        self.response()
-    }
-
     /// The reply for a verdict.
     pub fn reply(&self, verdict: &Verdict) -> Reply {
         let mut reply = self.response();
@@ -160,18 +155,6 @@ impl ReviewIds {
             uid: envelope.request.uid.into_owned(),
         })
     }
-}
-
-/// A review that cannot be answered from its own content (fault in mlguard, not in policy):
-/// denied, naming the error, never silently admitted.
-pub fn internal_error(review: &ParsedReview, message: &str) -> Reply {
-    let mut reply = review.response();
-    reply.response.deny(
-        format!("mlguard could not evaluate {}: {message}", review.subject()),
-        500,
-        "InternalError",
-    );
-    reply
 }
 
 #[cfg(test)]

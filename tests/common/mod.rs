@@ -346,3 +346,54 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// A server on certificates of its own CA, as a cluster's Secret holds them; `ca` is what a
+/// client (the API server) trusts.
+pub struct TlsSetup {
+    pub server: TestServer,
+    pub ca: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `mlguard serve` with `--tls-cert`/`--tls-key` from a fresh CA, plus `extra` flags.
+pub async fn with_own_ca(extra: &[&str]) -> TlsSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = TestServer::start(&args).await;
+    TlsSetup {
+        server,
+        ca,
+        _dir: dir,
+    }
+}
+
+/// A POST to /validate declaring a body of `declared` bytes of which only `sent` arrives: the
+/// connection is left open, as a client that stalls.
+pub async fn stalled_upload(
+    s: &TlsSetup,
+    declared: usize,
+    sent: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = TcpStream::connect(s.server.webhook).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(trusting(&s.ca))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nhost: {SERVICE_DNS}\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n{sent}"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
