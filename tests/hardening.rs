@@ -207,13 +207,14 @@ async fn probes_and_cheap_reviews_are_answered_while_expensive_ones_run() {
                "spec": {"containers": [{"name": "c", "image": "i"}]}}),
     );
     assert_eq!(conn.review("/validate", &cheap).await["allowed"], true);
-    // Each slow review either finished (the policy denies nothing) or got the deadline answer.
+    // Each slow review finished (the policy denies nothing), got the deadline answer, or, on a
+    // slow machine, hit the per-policy evaluation time limit, which is a denial naming it.
     for task in slow {
         let response = task.await.unwrap();
-        assert!(
-            response["allowed"] == true || response.to_string().contains("review deadline"),
-            "{response}"
-        );
+        let text = response.to_string();
+        let stopped = response["allowed"] == false
+            && (text.contains("review deadline") || text.contains("exceeded time limit"));
+        assert!(response["allowed"] == true || stopped, "{response}");
     }
 }
 
