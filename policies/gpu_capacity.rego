@@ -1,78 +1,139 @@
 # A pod that asks for more of a GPU resource than any schedulable node offers stays Pending
-# forever. Checked against the nodes in data.mlguard.cluster; skipped when no nodes are known.
-# With the product annotation, only nodes of the requested GPU models count. Node shapes a
-# cluster autoscaler can add, which do not exist yet, are listed in
-# data.mlguard.config.gpu.autoscaler_node_shapes ({labels, allocatable} each) and count as nodes.
+# forever; so does a gang that needs more than the whole cluster has. Checked against the
+# nodes in data.mlguard.cluster, for a Pod and for every pod template of a workload; skipped
+# when no nodes are known. With the product annotation on a pod (or a pod template), only
+# nodes of the requested GPU models count. Node shapes a cluster autoscaler can add, which do
+# not exist yet, are listed in data.mlguard.config.gpu.autoscaler_node_shapes ({labels,
+# allocatable, max_count} each) and count as nodes; a shape without max_count makes the
+# cluster's total unbounded for what it offers.
 package mlguard.policies.gpu_capacity
 
+import data.mlguard.lib.workload.creating
+import data.mlguard.lib.workload.gang_need
 import data.mlguard.lib.workload.gpu_config
-import data.mlguard.lib.workload.obj
-import data.mlguard.lib.workload.pod_gpu_demand
+import data.mlguard.lib.workload.is_gang
+import data.mlguard.lib.workload.is_workload
+import data.mlguard.lib.workload.matches
 import data.mlguard.lib.workload.pod_gpu_resources
 import data.mlguard.lib.workload.qty
 import data.mlguard.lib.workload.subject
-import data.mlguard.lib.workload.used_vendors
+import data.mlguard.lib.workload.template_gpu_demand
+import data.mlguard.lib.workload.template_gpu_resources
+import data.mlguard.lib.workload.templates
 import rego.v1
 
 cluster := data.mlguard.cluster
 
-products := {trim_space(p) |
-	some p in split(obj.metadata.annotations[gpu_config.product_annotation], ",")
+known if object.get(cluster, "node_count", 0) > 0
+
+# The GPU models a template's pods are narrowed to by the product annotation.
+products(t) := {trim_space(p) |
+	some p in split(t.metadata.annotations[gpu_config.product_annotation], ",")
 	trim_space(p) != ""
 }
 
+no_products(t) if count(products(t)) == 0
+
 shapes := object.get(gpu_config, "autoscaler_node_shapes", [])
 
-# The most of resource r any one node offers, among the nodes the pod may use.
-largest(r) := max({object.get(cluster.largest_allocatable, r, 0), shape_largest(r)}) if count(products) == 0
+# The most of resource r any one node offers, among the nodes a template's pods may use.
+largest(t, r) := max({object.get(cluster.largest_allocatable, r, 0), shape_largest(t, r)}) if no_products(t)
 
-largest(r) := max({existing_largest(r), shape_largest(r)}) if count(products) > 0
+largest(t, r) := max({existing_largest(t, r), shape_largest(t, r)}) if not no_products(t)
 
-existing_largest(r) := max({0} | {object.get(node.allocatable, r, 0) |
+existing_largest(t, r) := max({0} | {object.get(node.allocatable, r, 0) |
 	some node in cluster.nodes
 	not node.unschedulable
-	of_requested_model(node)
+	of_requested_model(t, r, node)
 })
 
-shape_largest(r) := max({0} | {qty(object.get(shape.allocatable, r, 0)) |
+shape_largest(t, r) := max({0} | {qty(object.get(shape.allocatable, r, 0)) |
 	some shape in shapes
-	of_requested_model(shape)
+	of_requested_model(t, r, shape)
 })
 
-of_requested_model(_) if count(products) == 0
+of_requested_model(t, _, _) if no_products(t)
 
-of_requested_model(node) if {
-	count(products) > 0
-	some vendor in used_vendors
-	object.get(node, ["labels", vendor.product_label], "") in products
+# A node is of a requested model when the product label of the vendor of resource r names one.
+of_requested_model(t, r, node) if {
+	not no_products(t)
+	some vendor in gpu_config.vendors
+	some p in vendor.resources
+	matches(p, r)
+	object.get(node, ["labels", vendor.product_label], "") in products(t)
 }
 
-where := "" if count(products) == 0
+where(t) := "" if no_products(t)
 
-where := sprintf(" with GPU model %s", [concat(" or ", products)]) if count(products) > 0
+where(t) := sprintf(" with GPU model %s", [concat(" or ", products(t))]) if not no_products(t)
 
 deny contains msg if {
-	object.get(cluster, "node_count", 0) > 0
-	some r in pod_gpu_resources
-	asked := pod_gpu_demand.requests[r]
-	most := largest(r)
+	known
+	some ti, t in templates
+	some r in template_gpu_resources[ti]
+	asked := template_gpu_demand[ti].requests[r]
+	most := largest(t, r)
 	most > 0
 	asked > most
 	msg := sprintf(
 		"%s asks for %v %s in one pod, but the largest schedulable node%s offers %v; it would stay Pending forever: ask for at most %v per pod and spread the work over more pods",
-		[subject, asked, r, where, most, most],
+		[t.subject, asked, r, where(t), most, most],
 	)
 }
 
 # No node offers the resource at all: "ask for at most 0" would be no advice.
 deny contains msg if {
-	object.get(cluster, "node_count", 0) > 0
-	some r in pod_gpu_resources
-	asked := pod_gpu_demand.requests[r]
+	known
+	some ti, t in templates
+	some r in template_gpu_resources[ti]
+	asked := template_gpu_demand[ti].requests[r]
 	asked > 0
-	largest(r) <= 0
+	largest(t, r) <= 0
 	msg := sprintf(
 		"%s asks for %v %s, but no schedulable node%s offers %s; it would stay Pending forever: ask for a GPU resource the cluster's nodes offer, or ask a cluster admin for nodes with %s",
-		[subject, asked, r, where, r, r],
+		[t.subject, asked, r, where(t), r, r],
 	)
+}
+
+# --- Gangs: the whole cluster --------------------------------------------------------------
+
+# What all schedulable nodes offer of r, and what the autoscaler can add; undefined when a
+# shape that offers r has no max_count (the autoscaler can add any number). Models named by
+# a product annotation are not taken into account here: the largest-node check above is.
+cluster_total(r) := existing + added if {
+	existing := sum([object.get(node.allocatable, r, 0) | some node in cluster.nodes; not node.unschedulable])
+	unbounded := [s | some s in shapes; qty(object.get(s.allocatable, r, 0)) > 0; not is_number(s.max_count)]
+	count(unbounded) == 0
+	added := sum([(qty(object.get(s.allocatable, r, 0)) * s.max_count) | some s in shapes; is_number(s.max_count)])
+}
+
+all_templates := numbers.range(0, count(templates) - 1)
+
+gang_findings contains msg if {
+	known
+	is_workload
+	is_gang
+	some r in pod_gpu_resources
+	need := gang_need("requests", r, all_templates)
+	total := cluster_total(r)
+	need.amount > total
+	msg := sprintf(
+		"%s needs %v %s at once (%s), but the schedulable nodes have %v in all%s; it can never run: make the gang smaller or ask a cluster admin for more GPU nodes",
+		[subject, need.amount, r, need.breakdown, total, autoscaler_note],
+	)
+}
+
+autoscaler_note := "" if count(shapes) == 0
+
+autoscaler_note := ", counting the nodes the autoscaler can add" if count(shapes) > 0
+
+deny contains msg if {
+	creating
+	some msg in gang_findings
+}
+
+# An UPDATE is never refused for a gang that already exists: the finding is a warning.
+warn contains msg if {
+	not creating
+	some msg in gang_findings
 }

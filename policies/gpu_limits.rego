@@ -1,5 +1,5 @@
 # GPUs cannot be shared or overcommitted: a container that requests GPUs must set the same
-# number as its limit. Pods and the pod templates of Jobs are checked.
+# number as its limit. Pods and every pod template of the workload kinds are checked.
 package mlguard.policies.gpu_limits
 
 import data.mlguard.lib.workload.containers
@@ -7,16 +7,20 @@ import data.mlguard.lib.workload.describe
 import data.mlguard.lib.workload.limits
 import data.mlguard.lib.workload.qty
 import data.mlguard.lib.workload.requests
-import data.mlguard.lib.workload.subject
 import data.mlguard.lib.workload.unreadable_gpu_quantities
+import data.mlguard.lib.workload.workload_errors
 import rego.v1
+
+# A workload whose templates or pod counts mlguard cannot read could hide GPUs from every
+# check: refused, with what could not be read.
+deny contains msg if some msg in workload_errors
 
 # A GPU count mlguard cannot read would skip every check that counts GPUs.
 deny contains msg if {
 	some what in unreadable_gpu_quantities
 	msg := sprintf(
-		"%s: %s is not a Kubernetes quantity (write a whole number such as 1 or 8); mlguard does not admit GPUs it cannot count",
-		[subject, what],
+		"%s is not a Kubernetes quantity (write a whole number such as 1 or 8); mlguard does not admit GPUs it cannot count",
+		[what],
 	)
 }
 
@@ -27,7 +31,7 @@ deny contains msg if {
 	not limits(entry.container)[r]
 	msg := sprintf(
 		"%s: %s requests %v %s but sets no limit for it; GPUs are not overcommitted, so set resources.limits[%q] to %v",
-		[subject, describe(entry), asked, r, r, asked],
+		[entry.subject, describe(entry), asked, r, r, asked],
 	)
 }
 
@@ -39,6 +43,6 @@ deny contains msg if {
 	qty(asked) != qty(limit)
 	msg := sprintf(
 		"%s: %s requests %v %s but its limit is %v; GPU requests must equal limits, so set both to the number of GPUs it uses",
-		[subject, describe(entry), asked, r, limit],
+		[entry.subject, describe(entry), asked, r, limit],
 	)
 }

@@ -5,7 +5,6 @@ package mlguard.policies.gpu_memory_limit
 import data.mlguard.lib.workload.containers
 import data.mlguard.lib.workload.describe
 import data.mlguard.lib.workload.limits
-import data.mlguard.lib.workload.subject
 import rego.v1
 
 deny contains msg if {
@@ -14,6 +13,6 @@ deny contains msg if {
 	not limits(entry.container).memory
 	msg := sprintf(
 		"%s: %s uses %s but sets no memory limit; set resources.limits.memory so that it cannot take memory from other GPU jobs on its node",
-		[subject, describe(entry), concat(", ", entry.gpu)],
+		[entry.subject, describe(entry), concat(", ", entry.gpu)],
 	)
 }

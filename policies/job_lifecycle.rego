@@ -1,34 +1,38 @@
 # Finished Jobs and their pods pile up until someone deletes them, and a hung GPU Job holds
-# its GPUs forever. Jobs get ttlSecondsAfterFinished, and GPU Jobs an activeDeadlineSeconds,
-# when they set none. Values the user set are never changed; Jobs a CronJob owns are left to
-# the CronJob.
+# its GPUs forever. Every workload kind whose table entry (workloads.kinds in config.yaml)
+# names lifecycle fields gets ttlSecondsAfterFinished, and GPU workloads an
+# activeDeadlineSeconds, when they set none: Jobs, the Kubeflow jobs' runPolicy, JobSets,
+# RayJobs. Values the user set are never changed; workloads another workload kind owns (a
+# CronJob's Jobs, a JobSet's Jobs) are left to their owner, which carries the policy.
 package mlguard.policies.job_lifecycle
 
-import data.mlguard.lib.workload.cron_owned
+import data.mlguard.lib.workload.creating
 import data.mlguard.lib.workload.is_gpu_workload
-import data.mlguard.lib.workload.is_job
 import data.mlguard.lib.workload.jobs_config
+import data.mlguard.lib.workload.lifecycle_field
 import data.mlguard.lib.workload.max_deadline
-import data.mlguard.lib.workload.obj
+import data.mlguard.lib.workload.owned_by_workload
 import rego.v1
 
 cfg := jobs_config
 
-unset(field) if object.get(obj.spec, field, null) == null
-
-patch contains {"op": "add", "path": "/spec/ttlSecondsAfterFinished", "value": cfg.ttl_seconds_after_finished} if {
-	is_job
-	not cron_owned
-	unset("ttlSecondsAfterFinished")
+patch contains {"op": "add", "path": field.pointer, "value": cfg.ttl_seconds_after_finished} if {
+	creating
+	not owned_by_workload
+	field := lifecycle_field.ttl_seconds_after_finished
+	field.settable == true
+	field.unset == true
 	is_number(cfg.ttl_seconds_after_finished)
 }
 
 # The default deadline never exceeds what the namespace allows.
-patch contains {"op": "add", "path": "/spec/activeDeadlineSeconds", "value": deadline} if {
-	is_job
+patch contains {"op": "add", "path": field.pointer, "value": deadline} if {
+	creating
 	is_gpu_workload
-	not cron_owned
-	unset("activeDeadlineSeconds")
+	not owned_by_workload
+	field := lifecycle_field.active_deadline_seconds
+	field.settable == true
+	field.unset == true
 	is_number(cfg.active_deadline_seconds)
 	deadline := min({cfg.active_deadline_seconds, max_deadline})
 }

@@ -12,16 +12,25 @@ kind := input.review.kind.kind
 
 obj := input.review.object
 
-namespace := input.review.namespace
+# A review without a namespace (a cluster-scoped object, or a forged review) still names its
+# subject: a message must never be what makes a check undefined.
+namespace := object.get(input.review, "namespace", "")
 
 is_pod if kind == "Pod"
 
 is_job if kind == "Job"
 
-# The pod spec a policy looks at: a Pod's own, or the template of the pods a Job creates.
+creating if input.review.operation == "CREATE"
+
+# The pod spec of a Pod under review.
 pod_spec := obj.spec if is_pod
 
-pod_spec := obj.spec.template.spec if is_job
+# The pod templates under review, each {name, subject, metadata, spec, pods, gang_pods}: a Pod
+# is its own one template; a workload kind has the templates the kinds table finds
+# (lib_kinds.rego). Every per-pod check runs on each of them.
+templates := [{"name": "", "subject": subject, "metadata": object.get(obj, "metadata", {}), "spec": obj.spec, "pods": 1, "gang_pods": 1}] if {
+	is_pod
+} else := workload_templates
 
 # Pods made by a controller have only a generateName when they are admitted.
 name := n if {
@@ -80,16 +89,17 @@ gpu_resources(c) := {r | some r, _ in requests(c); is_gpu(r)} | {r | some r, _ i
 
 is_gpu_container(c) if count(gpu_resources(c)) > 0
 
-# Every container and init container, with where it sits (for messages and patch paths) and
-# the GPU resources it uses, worked out once per review: policies read `entry.gpu` instead of
-# calling gpu_resources again. An array, not a set: a set would compare whole containers on
-# every insert.
-containers := array.concat(
-	[container_entry("containers", i, c) | some i, c in object.get(pod_spec, "containers", [])],
-	[container_entry("initContainers", i, c) | some i, c in object.get(pod_spec, "initContainers", [])],
-)
+# Every container and init container of every template, with where it sits (for messages
+# and patch paths) and the GPU resources it uses, worked out once per review: policies read
+# `entry.gpu` instead of calling gpu_resources again. An array, not a set: a set would compare
+# whole containers on every insert.
+containers := [container_entry(ti, t, field, i, c) |
+	some ti, t in templates
+	some field in ["containers", "initContainers"]
+	some i, c in object.get(t.spec, field, [])
+]
 
-container_entry(field, i, c) := {"field": field, "index": i, "container": c, "gpu": gpu_resources(c)}
+container_entry(ti, t, field, i, c) := {"template": ti, "subject": t.subject, "field": field, "index": i, "container": c, "gpu": gpu_resources(c)}
 
 describe(entry) := sprintf("container %q", [entry.container.name]) if entry.field == "containers"
 
@@ -229,8 +239,8 @@ power_of_ten(e) := product([10 | some _ in numbers.range(1, e)]) if {
 }
 
 # GPU requests and limits of the pod that are not quantities, each as
-# `container "x" limits nvidia.com/gpu: "1x"`.
-unreadable_gpu_quantities contains sprintf("%s %s %s: %v", [describe(entry), field, r, q]) if {
+# `Pod ml/x: container "x" limits nvidia.com/gpu: "1x"`.
+unreadable_gpu_quantities contains sprintf("%s: %s %s %s: %v", [entry.subject, describe(entry), field, r, q]) if {
 	some entry in containers
 	some r in entry.gpu
 	some field in ["requests", "limits"]
@@ -264,13 +274,26 @@ sidecar(c) := true if c.restartPolicy == "Always"
 
 sidecar(c) := false if not c.restartPolicy == "Always"
 
-# The demand of the pod under review for each GPU resource it uses, by field ("requests",
-# "limits"), worked out once per review: a rule's value is computed once, a function's on
-# every call, and a pod of hundreds of containers makes each call cost.
-pod_gpu_demand[field] := per_resource if {
-	some field in ["requests", "limits"]
-	per_resource := {r: d | some r in pod_gpu_resources; d := demand(pod_spec, r, field)}
+# GPU resources each template's containers ask for, by template index.
+template_gpu_resources[ti] := rs if {
+	some ti, _ in templates
+	rs := {r | some entry in containers; entry.template == ti; some r in entry.gpu}
 }
+
+# The demand of one pod of each template for each GPU resource it uses, by field ("requests",
+# "limits"): template_gpu_demand[ti][field][r]. Worked out once per review: a rule's value is
+# computed once, a function's on every call, and a pod of hundreds of containers makes each
+# call cost.
+template_gpu_demand[ti] := per_field if {
+	some ti, t in templates
+	per_field := {field: per_resource |
+		some field in ["requests", "limits"]
+		per_resource := {r: d | some r in template_gpu_resources[ti]; d := demand(t.spec, r, field)}
+	}
+}
+
+# The demand of the Pod under review.
+pod_gpu_demand := template_gpu_demand[0] if is_pod
 
 # What a pod needs of resource r at once, as the scheduler and ResourceQuota count it: the
 # containers and sidecars together, or the largest init container plus the sidecars started
@@ -304,20 +327,7 @@ sidecar_share(true, a) := a
 
 sidecar_share(false, _) := 0
 
-# --- Jobs ----------------------------------------------------------------------------------
-
-# A CronJob manages its Jobs' history and deadlines itself.
-cron_owned if {
-	some ref in obj.metadata.ownerReferences
-	ref.kind == "CronJob"
-}
-
-# Pods a Job runs at once: parallelism (default 1), never more than completions.
-job_concurrency := min({parallelism, obj.spec.completions}) if {
-	is_number(obj.spec.completions)
-} else := parallelism
-
-parallelism := object.get(obj.spec, "parallelism", 1)
+# --- Lifecycle ------------------------------------------------------------------------------
 
 # The longest activeDeadlineSeconds allowed in the namespace: its annotation, else its entry
 # in the configuration, else the cluster-wide maximum.

@@ -15,9 +15,12 @@
 //!     operation: CREATE            # default CREATE
 //!     mode: enforce                # the global --mode (default enforce)
 //!     object: {apiVersion: v1, kind: Pod, ...}
+//!     object_file: example.yaml    # or the object from a manifest file (its first document),
+//!                                  # relative to this file
 //!     expect:
 //!       patched: {...}             # the whole object after mutation, or
-//!       unchanged: true            # no patch at all
+//!       unchanged: true            # no patch at all, or
+//!       patch: ["add /spec/x", ...] # exactly these operations (by op and path)
 //!       deny: ["substring", ...]   # one substring per expected denial; none if omitted
 //!       warn: ["substring", ...]   # one substring per expected warning; none if omitted
 //!       would_deny: [...]          # dry-run records; none if omitted
@@ -58,6 +61,8 @@ pub struct Case {
     #[serde(default)]
     pub object: Option<Json>,
     #[serde(default)]
+    pub object_file: Option<PathBuf>,
+    #[serde(default)]
     pub old_object: Option<Json>,
     #[serde(default)]
     pub dry_run: bool,
@@ -75,6 +80,8 @@ pub struct Expect {
     pub patched: Option<Json>,
     #[serde(default)]
     pub unchanged: bool,
+    #[serde(default)]
+    pub patch: Option<Vec<String>>,
     #[serde(default)]
     pub deny: Vec<String>,
     #[serde(default)]

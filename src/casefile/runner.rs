@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
 use super::{CaseFile, Outcome};
@@ -121,7 +122,16 @@ pub fn run_file(path: &Path, sets: &mut PolicySets) -> Result<Vec<Outcome>, Stri
                 None => file_cluster.clone(),
             };
             let evaluator = Evaluator::new(set, cluster).map_err(|e| e.to_string())?;
-            let object = case.object.as_ref().ok_or("case has no `object`")?;
+            let from_file;
+            let object = match (&case.object, &case.object_file) {
+                (Some(object), None) => object,
+                (None, Some(path)) => {
+                    from_file = read_object_file(&dir.join(path))?;
+                    &from_file
+                }
+                (Some(_), Some(_)) => return Err("case has both `object` and `object_file`".into()),
+                (None, None) => return Err("case has no `object` (or `object_file`)".into()),
+            };
             let namespace = case
                 .namespace
                 .clone()
@@ -157,8 +167,29 @@ pub fn run_file(path: &Path, sets: &mut PolicySets) -> Result<Vec<Outcome>, Stri
                         .unwrap_or_default()
                 ));
             }
-            if expect.patched.is_none() && !expect.unchanged && sim.mutate.patched() {
-                failures.push("the case patches but says neither `patched` nor `unchanged`".into());
+            if let Some(want) = &expect.patch {
+                let got: Vec<String> = sim
+                    .mutate
+                    .patch
+                    .as_ref()
+                    .map(|p| {
+                        p.ops
+                            .iter()
+                            .map(|(_, op)| crate::policy::patch::describe(op))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if &got != want {
+                    failures.push(format!(
+                        "patch differs\n  expected: {want:?}\n  actual:   {got:?}"
+                    ));
+                }
+            }
+            let says_patch = expect.patched.is_some() || expect.unchanged || expect.patch.is_some();
+            if !says_patch && sim.mutate.patched() {
+                failures.push(
+                    "the case patches but says none of `patched`, `patch` or `unchanged`".into(),
+                );
             }
             if !sim.second_patch.is_empty() {
                 failures.push(format!(
@@ -214,4 +245,14 @@ pub fn collect(paths: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The first document of a manifest file, as a case's object.
+fn read_object_file(path: &Path) -> Result<Json, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read object_file {}: {e}", path.display()))?;
+    let first = serde_yaml::Deserializer::from_str(&text)
+        .next()
+        .ok_or_else(|| format!("object_file {} holds no document", path.display()))?;
+    Json::deserialize(first).map_err(|e| format!("object_file {}: {e}", path.display()))
 }
