@@ -97,7 +97,7 @@ fn stages(c: &mut Criterion) {
         let mut evaluate = c.benchmark_group(format!("evaluate/{}", stage.as_str()));
         for r in &reviews {
             let parsed = admission::parse(&r.body).unwrap();
-            if !parsed.is_policy_subject() {
+            if !parsed.is_policy_subject(&evaluator.set.kinds) {
                 continue;
             }
             evaluate.bench_function(&r.name, |b| {

@@ -20,6 +20,7 @@ import data.mlguard.lib.workload.subject
 import data.mlguard.lib.workload.template_gpu_demand
 import data.mlguard.lib.workload.template_gpu_resources
 import data.mlguard.lib.workload.templates
+import data.mlguard.lib.workload.updating_workload
 import rego.v1
 
 cluster := data.mlguard.cluster
@@ -67,7 +68,7 @@ where(t) := "" if no_products(t)
 
 where(t) := sprintf(" with GPU model %s", [concat(" or ", products(t))]) if not no_products(t)
 
-deny contains msg if {
+findings contains msg if {
 	known
 	some ti, t in templates
 	some r in template_gpu_resources[ti]
@@ -82,7 +83,7 @@ deny contains msg if {
 }
 
 # No node offers the resource at all: "ask for at most 0" would be no advice.
-deny contains msg if {
+findings contains msg if {
 	known
 	some ti, t in templates
 	some r in template_gpu_resources[ti]
@@ -109,7 +110,7 @@ cluster_total(r) := existing + added if {
 
 all_templates := numbers.range(0, count(templates) - 1)
 
-gang_findings contains msg if {
+findings contains msg if {
 	known
 	is_workload
 	is_gang
@@ -129,11 +130,10 @@ autoscaler_note := ", counting the nodes the autoscaler can add" if count(shapes
 
 deny contains msg if {
 	creating
-	some msg in gang_findings
+	some msg in findings
 }
 
-# An UPDATE is never refused for a gang that already exists: the finding is a warning.
 warn contains msg if {
-	not creating
-	some msg in gang_findings
+	updating_workload
+	some msg in findings
 }

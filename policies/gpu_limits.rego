@@ -3,20 +3,22 @@
 package mlguard.policies.gpu_limits
 
 import data.mlguard.lib.workload.containers
+import data.mlguard.lib.workload.creating
 import data.mlguard.lib.workload.describe
 import data.mlguard.lib.workload.limits
 import data.mlguard.lib.workload.qty
 import data.mlguard.lib.workload.requests
 import data.mlguard.lib.workload.unreadable_gpu_quantities
+import data.mlguard.lib.workload.updating_workload
 import data.mlguard.lib.workload.workload_errors
 import rego.v1
 
 # A workload whose templates or pod counts mlguard cannot read could hide GPUs from every
 # check: refused, with what could not be read.
-deny contains msg if some msg in workload_errors
+findings contains msg if some msg in workload_errors
 
 # A GPU count mlguard cannot read would skip every check that counts GPUs.
-deny contains msg if {
+findings contains msg if {
 	some what in unreadable_gpu_quantities
 	msg := sprintf(
 		"%s is not a Kubernetes quantity (write a whole number such as 1 or 8); mlguard does not admit GPUs it cannot count",
@@ -24,7 +26,7 @@ deny contains msg if {
 	)
 }
 
-deny contains msg if {
+findings contains msg if {
 	some entry in containers
 	some r, asked in requests(entry.container)
 	r in entry.gpu
@@ -35,7 +37,7 @@ deny contains msg if {
 	)
 }
 
-deny contains msg if {
+findings contains msg if {
 	some entry in containers
 	some r, asked in requests(entry.container)
 	r in entry.gpu
@@ -45,4 +47,14 @@ deny contains msg if {
 		"%s: %s requests %v %s but its limit is %v; GPU requests must equal limits, so set both to the number of GPUs it uses",
 		[entry.subject, describe(entry), asked, r, limit],
 	)
+}
+
+deny contains msg if {
+	creating
+	some msg in findings
+}
+
+warn contains msg if {
+	updating_workload
+	some msg in findings
 }

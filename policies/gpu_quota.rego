@@ -25,6 +25,7 @@ import data.mlguard.lib.workload.subject
 import data.mlguard.lib.workload.template_gpu_demand
 import data.mlguard.lib.workload.templates
 import data.mlguard.lib.workload.total_need
+import data.mlguard.lib.workload.updating_workload
 import data.mlguard.lib.workload.workload_notes
 import rego.v1
 
@@ -194,7 +195,8 @@ never_runs contains msg if {
 
 # The smallest group fits the hard quota but not all the pods do: some never run at once. A
 # Job that is no gang (a sweep) runs as many at a time as fit; a Deployment's extra replicas
-# never start; a gang workload of several groups (a LeaderWorkerSet) runs only some groups.
+# never start; a gang that is useful with fewer pods (several LeaderWorkerSet groups, an
+# elastic job, an autoscaled Ray cluster) starts, but never at full size.
 partly_runs contains msg if {
 	some charge in workload_charges
 	charge.gang.amount <= hard(charge)
@@ -207,7 +209,7 @@ partly_runs contains msg if {
 
 what_runs(charge) := sprintf("at most %v of its pods run at a time (%v each) and the rest wait, or never start for a controller that keeps its pods running", [floor(hard(charge) / charge.gang.amount), charge.gang.amount]) if not is_gang
 
-what_runs(charge) := sprintf("only %v of its groups (each %v: %s) run at a time; the others wait, or never start for a controller that keeps them running", [floor(hard(charge) / charge.gang.amount), charge.gang.amount, charge.gang.breakdown]) if is_gang
+what_runs(charge) := sprintf("its smallest useful part needs %v (%s), so it can start, but not all of its pods can run at the same time", [charge.gang.amount, charge.gang.breakdown]) if is_gang
 
 # Everything fits the hard quota, but not what remains of it now: the pods will queue.
 # Kueue owns the waiting of the workloads it queues, so they get no such message.
@@ -228,9 +230,8 @@ deny contains msg if {
 	some msg in never_runs
 }
 
-# An UPDATE is never refused for a workload that exists already: the finding is a warning.
 warn contains msg if {
-	not creating
+	updating_workload
 	some msg in never_runs
 }
 

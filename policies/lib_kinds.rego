@@ -491,18 +491,20 @@ gang_need(field, r, tis) := {"amount": sum([(row.gang_pods * row.per_pod) | some
 	rows := demand_rows(field, r, tis)
 }
 
-gang_need(field, r, tis) := {"amount": sum(taken), "breakdown": sprintf("the %v pods it needs at least, of %s", [gang_size, breakdown(rows, "gang_pods")])} if {
+gang_need(field, r, tis) := {"amount": sum(taken), "breakdown": sprintf("the %v pods it needs at least, of %s", [size, breakdown(rows, "gang_pods")])} if {
 	is_gang
+	size := gang_size
 	rows := demand_rows(field, r, tis)
 
 	# The cheapest pods first; rows of templates that do not use r cost nothing and count
 	# towards the gang size too, so they are taken first.
-	free := sum([row.gang_pods | some ti in tis; row := free_row(ti, field, r)])
+	free := sum([templates[ti].gang_pods | some ti in tis]) - sum([row.gang_pods | some row in rows])
 	cheapest := sort([[row.per_pod, row.gang_pods] | some row in rows])
-	taken := [(per_pod * n_taken) |
-		some i, [per_pod, n] in cheapest
-		before := free + sum([m | some j, [_, m] in cheapest; j < i])
-		n_taken := max({0, min({n, gang_size - before})})
+	counts := [pair[1] | some pair in cheapest]
+	taken := [(pair[0] * n_taken) |
+		some i, pair in cheapest
+		before := free + sum(array.slice(counts, 0, i))
+		n_taken := max({0, min({pair[1], size - before})})
 	]
 }
 
@@ -511,8 +513,6 @@ gang_need(field, r, tis) := {"amount": max([row.per_pod | some row in rows]), "b
 	rows := demand_rows(field, r, tis)
 	count(rows) > 0
 }
-
-free_row(ti, field, r) := templates[ti] if not template_gpu_demand[ti][field][r] > 0
 
 # --- Lifecycle -----------------------------------------------------------------------------
 

@@ -22,6 +22,15 @@ is_job if kind == "Job"
 
 creating if input.review.operation == "CREATE"
 
+# What the validating policies find refuses a CREATE. An UPDATE of a workload that exists
+# already is never refused (a replica change must not be blocked, least of all one that lowers
+# the demand): its findings are warnings, said at apply time. An UPDATE of a Pod is not judged
+# at all: what the policies read of a Pod cannot change after it is created.
+updating_workload if {
+	input.review.operation == "UPDATE"
+	is_workload
+}
+
 # The pod spec of a Pod under review.
 pod_spec := obj.spec if is_pod
 

@@ -135,7 +135,7 @@ fn run_policies(evaluator: &Evaluator, reviews: &[Review], iterations: usize) ->
     let parsed: Vec<_> = reviews
         .iter()
         .filter_map(|r| admission::parse(&r.body).ok())
-        .filter(|p| p.is_policy_subject())
+        .filter(|p| p.is_policy_subject(&evaluator.set.kinds))
         .collect();
     let mut rows: Vec<(String, Vec<&str>, Samples, usize)> = Vec::new();
     for policy in &evaluator.set.policies {

@@ -40,7 +40,7 @@ pub fn review(data: &[u8]) {
     };
     let _ = parsed.request().into_value();
     let _ = parsed.subject();
-    let _ = parsed.is_policy_subject();
+    let _ = parsed.is_policy_subject(&mlguard::policy::WorkloadKinds::default());
     let _ = parsed.object_json();
     let denial = Verdict {
         allowed: false,

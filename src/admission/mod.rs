@@ -69,7 +69,8 @@ pub fn admit_until(
     mode: Mode,
     deadline: Option<Instant>,
 ) -> Verdict {
-    if !review.is_policy_subject() || !evaluator.set.handles(&review.operation) {
+    if !review.is_policy_subject(&evaluator.set.kinds) || !evaluator.set.handles(&review.operation)
+    {
         return Verdict {
             allowed: true,
             ..Default::default()

@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use regorus::Value;
 use serde_json::value::RawValue;
 
+use crate::policy::WorkloadKinds;
+
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Why a body is not a usable AdmissionReview. Each becomes an HTTP 400 with this text.
@@ -362,14 +364,11 @@ impl ParsedReview {
             .as_ref()
     }
 
-    /// Only CREATE and UPDATE of Pods and Jobs reach the policies; everything else (other
-    /// kinds, DELETE, CONNECT, subresources such as pods/status) is allowed unchanged.
-    pub fn is_policy_subject(&self) -> bool {
-        let kind_ok = matches!(
-            (self.group.as_str(), self.kind.as_str()),
-            ("", "Pod") | ("batch", "Job")
-        );
-        kind_ok
+    /// Only CREATE and UPDATE of Pods and of the workload kinds the policy set's table names
+    /// reach the policies; everything else (other kinds, DELETE, CONNECT, subresources such as
+    /// pods/status) is allowed unchanged.
+    pub fn is_policy_subject(&self, kinds: &WorkloadKinds) -> bool {
+        kinds.covers(&self.group, &self.kind)
             && self.sub_resource.is_empty()
             && matches!(self.operation.as_str(), "CREATE" | "UPDATE")
     }
@@ -465,7 +464,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.uid, "u1");
         assert_eq!(r.subject(), "Pod ml/train-*");
-        assert!(r.is_policy_subject());
+        assert!(r.is_policy_subject(&WorkloadKinds::default()));
         assert_eq!(
             r.request().unwrap()["object"]["metadata"]["managedFields"],
             Value::Undefined
@@ -490,13 +489,16 @@ mod tests {
 
     #[test]
     fn subresources_and_other_kinds_pass_through() {
+        let table = serde_json::json!({"workloads": {"kinds": [
+            {"group": "batch", "kind": "Job", "templates": [{"template": "spec.template"}]}]}});
+        let kinds = crate::policy::kinds::parse(&table).unwrap();
         let mk = |kind: &str, group: &str, sub: &str, op: &str| {
             parse(&body(serde_json::json!({
                 "uid": "u", "kind": {"group": group, "version": "v1", "kind": kind},
                 "subResource": sub, "operation": op
             })))
             .unwrap()
-            .is_policy_subject()
+            .is_policy_subject(&kinds)
         };
         assert!(mk("Job", "batch", "", "CREATE"));
         assert!(!mk("Deployment", "apps", "", "CREATE"));

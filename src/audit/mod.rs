@@ -271,6 +271,13 @@ fn admissions(
             }
             Ok(out)
         }
+        Plan::Workload { object, then } => {
+            let mut out = vec![simulate_create(evaluator, object, ns, mode)?];
+            if let Some(then) = then {
+                out.extend(admissions(evaluator, id, then, mode)?);
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -294,7 +301,7 @@ pub fn audit_one(
         }
         Manifest::Skipped { id } => {
             let why = format!(
-                "{} is not admitted by mlguard: only Pods, Jobs and workloads with a pod template are audited",
+                "{} is not admitted by mlguard: only Pods and the workload kinds of the policies' kinds table (workloads.kinds) are audited",
                 id.kind
             );
             report(id.clone(), Status::Skipped, Some(why), vec![])
@@ -337,12 +344,12 @@ pub fn audit_all(
     let work: Vec<(Source, Manifest)> = documents
         .into_iter()
         .map(|(s, d)| {
-            let m = std::panic::catch_unwind(|| objects::classify(&d, namespace)).unwrap_or_else(
-                |_| Manifest::Invalid {
+            let kinds = &evaluator.set.kinds;
+            let m = std::panic::catch_unwind(|| objects::classify(&d, namespace, kinds))
+                .unwrap_or_else(|_| Manifest::Invalid {
                     id: Identity::default(),
                     message: "internal error while reading this object".into(),
-                },
-            );
+                });
             (s, m)
         })
         .collect();
@@ -561,11 +568,20 @@ deny contains "Job pods must be stamped" if {
 "#;
 
     fn evaluator() -> Evaluator {
-        let files = vec![SourceFile {
-            name: "t.rego".into(),
-            kind: FileKind::Rego,
-            text: POLICY.into(),
-        }];
+        // Jobs reach the policies because the kinds table names them.
+        let kinds = "workloads:\n  kinds:\n  - {group: batch, kind: Job, templates: [{template: spec.template}]}\n";
+        let files = vec![
+            SourceFile {
+                name: "t.rego".into(),
+                kind: FileKind::Rego,
+                text: POLICY.into(),
+            },
+            SourceFile {
+                name: "config.yaml".into(),
+                kind: FileKind::Data,
+                text: kinds.into(),
+            },
+        ];
         let set = PolicySet::compile(files, Origin::Embedded, Backend::Vm).unwrap();
         Evaluator::new(set, Arc::new(ClusterState::default())).unwrap()
     }

@@ -6,6 +6,7 @@
 use serde_json::{json, Map, Value as Json};
 
 use crate::admission::object_name;
+use crate::policy::WorkloadKinds;
 pub use crate::sim::manifests::Source;
 
 /// A manifest object's identity, as written (namespace filled from `--namespace`).
@@ -30,6 +31,13 @@ pub enum Plan {
     Template(Json),
     /// A Pod or Job already in the cluster, admitted alone as if it were created again.
     Running(Json),
+    /// A workload kind of the kinds table, admitted whole as it is, then what its controller
+    /// makes from it where mlguard knows the controller (a Deployment's pod, a CronJob's Job);
+    /// an operator's kind (a PyTorchJob) is judged by its own admission alone.
+    Workload {
+        object: Json,
+        then: Option<Box<Plan>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +69,9 @@ fn display_name(object: &Json) -> String {
     )
 }
 
-/// Sorts one manifest document into what the API server would admit for it.
-pub fn classify(object: &Json, default_namespace: &str) -> Manifest {
+/// Sorts one manifest document into what the API server would admit for it. `kinds` are the
+/// workload kinds the policies judge whole.
+pub fn classify(object: &Json, default_namespace: &str, kinds: &WorkloadKinds) -> Manifest {
     if !object.is_object() {
         return Manifest::Invalid {
             id: Identity::default(),
@@ -104,8 +113,8 @@ pub fn classify(object: &Json, default_namespace: &str) -> Manifest {
     object["metadata"]["namespace"] = json!(namespace);
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let plan = match (group, kind) {
-        ("", "Pod") => Some(Plan::Pod(object)),
-        ("batch", "Job") => Some(Plan::Job(object)),
+        ("", "Pod") => Some(Plan::Pod(object.clone())),
+        ("batch", "Job") => Some(Plan::Job(object.clone())),
         ("batch", "CronJob") => job_of_cronjob(&object).map(Plan::Job),
         ("apps", "Deployment") => deployment_pod(&object).map(Plan::Template),
         ("apps", "StatefulSet") => statefulset_pod(&object).map(Plan::Template),
@@ -116,6 +125,19 @@ pub fn classify(object: &Json, default_namespace: &str) -> Manifest {
                 .map(Plan::Template)
         }
         _ => None,
+    };
+    // Pods and Jobs are planned above: a Job's admission already judges it whole.
+    let judged_whole =
+        !matches!((group, kind), ("", "Pod") | ("batch", "Job")) && kinds.covers(group, kind);
+    let plan = match plan {
+        Some(then) if judged_whole => Some(Plan::Workload {
+            object,
+            then: Some(Box::new(then)),
+        }),
+        None if judged_whole && !builtin_controller(group, kind) => {
+            Some(Plan::Workload { object, then: None })
+        }
+        plan => plan,
     };
     let workload = matches!(
         (group, kind),
@@ -134,6 +156,18 @@ pub fn classify(object: &Json, default_namespace: &str) -> Manifest {
         },
         None => Manifest::Skipped { id },
     }
+}
+
+/// Kinds whose pods mlguard derives itself, as their controllers would.
+fn builtin_controller(group: &str, kind: &str) -> bool {
+    matches!(
+        (group, kind),
+        ("batch", "CronJob")
+            | (
+                "apps",
+                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
+            )
+    )
 }
 
 /// FNV-1a, 32 bits: what Kubernetes controllers hash pod templates with.
@@ -393,7 +427,7 @@ mod tests {
     }
 
     fn planned(object: Json) -> (Identity, Json) {
-        match classify(&object, "default") {
+        match classify(&object, "default", &WorkloadKinds::default()) {
             Manifest::Audit {
                 id,
                 plan: Plan::Pod(o) | Plan::Job(o) | Plan::Template(o),
@@ -475,26 +509,35 @@ mod tests {
 
     #[test]
     fn other_kinds_are_skipped_and_non_objects_are_errors() {
+        let none = WorkloadKinds::default();
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
-        assert!(matches!(classify(&cm, "d"), Manifest::Skipped { id } if id.namespace == "d"));
+        assert!(
+            matches!(classify(&cm, "d", &none), Manifest::Skipped { id } if id.namespace == "d")
+        );
         // A Job of another API group is not a batch Job.
         let crd = json!({"apiVersion": "example.com/v1", "kind": "Job", "metadata": {"name": "j"}});
-        assert!(matches!(classify(&crd, "d"), Manifest::Skipped { .. }));
+        assert!(matches!(
+            classify(&crd, "d", &none),
+            Manifest::Skipped { .. }
+        ));
         let values = json!({"replicaCount": 2});
-        match classify(&values, "d") {
+        match classify(&values, "d", &none) {
             Manifest::Invalid { message, .. } => assert!(message.contains("apiVersion and kind")),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            classify(&json!("text"), "d"),
+            classify(&json!("text"), "d", &none),
             Manifest::Invalid { .. }
         ));
         let odd = json!({"apiVersion": "v1", "kind": "Pod", "metadata": "p"});
-        assert!(matches!(classify(&odd, "d"), Manifest::Invalid { .. }));
+        assert!(matches!(
+            classify(&odd, "d", &none),
+            Manifest::Invalid { .. }
+        ));
         // A workload whose template has no usable spec is an error, not a skip.
         let broken = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
             "metadata": {"name": "x"}, "spec": {"template": {"spec": "oops"}}});
-        match classify(&broken, "d") {
+        match classify(&broken, "d", &none) {
             Manifest::Invalid { message, .. } => {
                 assert!(message.contains("DaemonSet x"), "{message}")
             }

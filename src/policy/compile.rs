@@ -128,6 +128,7 @@ impl PolicySet {
 
         let config = build_config(&files)?;
         let mut settings = policy_settings(&config, &names)?;
+        let kinds = super::kinds::parse(&config)?;
         let config_value = Value::from(config.clone());
         let data = document(config_value.clone(), None);
         engine
@@ -162,6 +163,7 @@ impl PolicySet {
             policies,
             config,
             config_value,
+            kinds,
             backend,
             vm_fallback_reason,
             hints,

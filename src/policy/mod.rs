@@ -6,6 +6,7 @@
 //! - `source` reads policy files (a directory or the embedded default set);
 //! - `lint` refuses non-portable or nondeterministic Rego before it is compiled;
 //! - `settings` builds `data.mlguard.config` and each policy's enforcement settings;
+//! - `kinds` checks the workload kinds table and says which kinds reach the policies;
 //! - `data` builds the data document; `limits` bounds one evaluation;
 //! - `compile` turns files into an immutable [`PolicySet`], once, off the request path, with
 //!   `combined` (one VM run for many policies) and `probe` (sample reviews at load);
@@ -19,6 +20,7 @@ pub mod compile;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod kinds;
 pub mod limits;
 pub mod lint;
 pub mod patch;
@@ -32,6 +34,7 @@ pub mod verdict;
 
 pub use error::PolicyError;
 pub use eval::{Evaluator, PolicyOutput};
+pub use kinds::WorkloadKinds;
 pub use published::Published;
 pub use set::{Backend, Policy, PolicySet, RuleKind, Stage};
 pub use settings::Action;

@@ -1,9 +1,11 @@
-//! The load-time probe: every policy runs on sample reviews before a set may serve, so that
-//! output of the wrong shape, a policy that fails on an ordinary GPU pod, or a set the VM
-//! evaluates differently from the interpreter is caught at load, not on a user's pod.
+//! The load-time probe: every policy runs on sample reviews (a GPU Pod, Job, Deployment and
+//! PyTorchJob) before a set may serve, so that output of the wrong shape, a policy that fails
+//! on an ordinary GPU workload, or a set the VM evaluates differently from the interpreter is
+//! caught at load, not on a user's pod.
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::{Node, ResourceQuota};
 use regorus::Value;
 
 use crate::cluster::ClusterState;
@@ -34,10 +36,45 @@ fn probe_reviews() -> Vec<serde_json::Value> {
                "namespace": "default", "operation": "CREATE", "name": "probe",
                "userInfo": {"username": "probe"}, "object": object, "dryRun": false})
     };
+    // Workloads that take the gang and quota paths of the default policies: a Deployment, and
+    // a PyTorchJob whose gang is smaller than all its pods (minAvailable). The VM once read
+    // such a gang as undefined where the interpreter did not.
+    let template = json!({"spec": {"containers": [container]}});
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"replicas": 3, "template": template}});
+    let pytorchjob = json!({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"runPolicy": {"schedulingPolicy": {"minAvailable": 2}},
+                 "pytorchReplicaSpecs": {
+                     "Master": {"replicas": 1, "template": template},
+                     "Worker": {"replicas": 3, "template": template}}}});
     vec![
         review("Pod", "", "pods", &pod),
         review("Job", "batch", "jobs", &job),
+        review("Deployment", "apps", "deployments", &deployment),
+        review("PyTorchJob", "kubeflow.org", "pytorchjobs", &pytorchjob),
     ]
+}
+
+/// The cluster the sample reviews are judged against: a GPU quota in their namespace that the
+/// workloads overrun, and a node, so that the quota and capacity paths run too.
+fn probe_cluster() -> ClusterState {
+    let mut cluster = ClusterState::default();
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "3"}},
+        "status": {"used": {"requests.nvidia.com/gpu": "1"}}
+    }))
+    .expect("a valid ResourceQuota");
+    cluster.add_quota(&quota);
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe-gpu-node"},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}}
+    }))
+    .expect("a valid Node");
+    cluster.add_node(&node);
+    cluster
 }
 
 /// Runs every policy on the sample reviews. A policy that fails on them is an error. When the
@@ -45,7 +82,7 @@ fn probe_reviews() -> Vec<serde_json::Value> {
 /// agree with the interpreter on every construct, and a policy that means one thing in a test
 /// and another in production is worse than a slower one. Returns the disagreement, if any.
 pub(crate) fn probe(set: &Arc<PolicySet>) -> Result<Option<String>, PolicyError> {
-    let cluster = Arc::new(ClusterState::default());
+    let cluster = Arc::new(probe_cluster());
     let evaluator = Evaluator::new(set.clone(), cluster.clone())?;
     let reference = match set.backend {
         Backend::Vm => Some(Evaluator::with_backend(

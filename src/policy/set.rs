@@ -97,6 +97,8 @@ pub struct PolicySet {
     /// `data.mlguard.config` as merged from the data files.
     pub config: serde_json::Value,
     pub(crate) config_value: Value,
+    /// The kinds the policies judge: Pods and the workload kinds table's entries.
+    pub kinds: super::WorkloadKinds,
     /// Content digest of every file: a reload that changes nothing is not a new generation.
     pub digest: String,
     pub backend: Backend,
