@@ -51,6 +51,8 @@ pub struct ParsedReview {
     pub name: String,
     pub operation: String,
     pub user: String,
+    /// `userInfo.groups`.
+    pub groups: Vec<String>,
     pub dry_run: bool,
     /// The AdmissionRequest's fields other than the objects.
     envelope: Value,
@@ -288,6 +290,10 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
         name: text(&request["name"]),
         operation: text(&request["operation"]),
         user: text(&request["userInfo"]["username"]),
+        groups: match &request["userInfo"]["groups"] {
+            Value::Array(groups) => groups.iter().map(text).collect(),
+            _ => Vec::new(),
+        },
         dry_run: matches!(request["dryRun"], Value::Bool(true)),
         envelope: request,
         raw_objects,
@@ -329,6 +335,19 @@ struct Names<'a> {
     generate_name: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
     namespace: std::borrow::Cow<'a, str>,
+}
+
+/// An object's labels, read from its text; every other member is skipped, not built.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Labeled {
+    #[serde(default)]
+    metadata: Option<Labels>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Labels {
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// How mlguard names an object: its name, else `generateName` + `*` for a pod a controller
@@ -386,6 +405,22 @@ impl ParsedReview {
         } else {
             format!("{} {}/{name}", self.kind, self.namespace)
         }
+    }
+
+    /// The labels of the object and of the old object, of those the review carries (JSON null
+    /// counts as absent), read from their text without building them. An error when either
+    /// cannot be read: labels mlguard cannot read exempt nothing.
+    pub fn object_labels(&self) -> Result<Vec<std::collections::BTreeMap<String, String>>, String> {
+        let mut out = Vec::new();
+        for (member, raw) in RAW_MEMBERS.iter().zip(&self.raw_objects) {
+            let Some(raw) = raw else { continue };
+            let object: Option<Labeled> =
+                serde_json::from_str(raw.get()).map_err(|e| format!("{member}: {e}"))?;
+            if let Some(object) = object {
+                out.push(object.metadata.and_then(|m| m.labels).unwrap_or_default());
+            }
+        }
+        Ok(out)
     }
 
     /// The object under review as JSON, for patching. Only called when a policy patches.
