@@ -174,6 +174,9 @@ mod tests {
         // Labels mlguard cannot read exempt nothing.
         let bad = review(json!({"object": {"metadata": {"labels": {"mlguard.io/exempt": true}}}}));
         assert_eq!(reason(&e, &bad, None), None);
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"ml","operation":"CREATE","object":{"metadata":{"labels":{"mlguard.io/exempt":"true"}},"spec":{"x":1e400}}}}"#;
+        let unreadable = super::super::parse(body).unwrap();
+        assert_eq!(reason(&e, &unreadable, None), None);
         assert_eq!(reason(&e, &review(json!({"object": null})), None), None);
     }
 }

@@ -4,6 +4,7 @@
 //! looks at (another kind, an operation no policy runs on) never builds them.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use regorus::Value;
@@ -337,19 +338,6 @@ struct Names<'a> {
     namespace: std::borrow::Cow<'a, str>,
 }
 
-/// An object's labels, read from its text; every other member is skipped, not built.
-#[derive(Debug, Default, serde::Deserialize)]
-struct Labeled {
-    #[serde(default)]
-    metadata: Option<Labels>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-struct Labels {
-    #[serde(default)]
-    labels: Option<std::collections::BTreeMap<String, String>>,
-}
-
 /// How mlguard names an object: its name, else `generateName` + `*` for a pod a controller
 /// is creating, else nothing. Every report and message uses this one rule.
 pub fn object_name(name: &str, generate_name: &str) -> String {
@@ -408,19 +396,29 @@ impl ParsedReview {
     }
 
     /// The labels of the object and of the old object, of those the review carries (JSON null
-    /// counts as absent), read from their text without building them. An error when either
-    /// cannot be read: labels mlguard cannot read exempt nothing.
-    pub fn object_labels(&self) -> Result<Vec<std::collections::BTreeMap<String, String>>, String> {
-        let mut out = Vec::new();
-        for (member, raw) in RAW_MEMBERS.iter().zip(&self.raw_objects) {
-            let Some(raw) = raw else { continue };
-            let object: Option<Labeled> =
-                serde_json::from_str(raw.get()).map_err(|e| format!("{member}: {e}"))?;
-            if let Some(object) = object {
-                out.push(object.metadata.and_then(|m| m.labels).unwrap_or_default());
-            }
-        }
-        Ok(out)
+    /// counts as absent), read from the policy input, which evaluation builds anyway; label
+    /// values that are not strings are left out. An error when the objects cannot be read:
+    /// labels mlguard cannot read exempt nothing.
+    pub fn object_labels(&self) -> Result<Vec<BTreeMap<String, String>>, &UnreadableObject> {
+        let request = self.request()?;
+        let objects = RAW_MEMBERS
+            .iter()
+            .map(|member| &request[*member])
+            .filter(|object| !matches!(object, Value::Undefined | Value::Null));
+        Ok(objects
+            .map(|object| match &object["metadata"]["labels"] {
+                Value::Object(labels) => labels
+                    .iter()
+                    .filter_map(|(k, v)| match (k, v) {
+                        (Value::String(k), Value::String(v)) => {
+                            Some((k.to_string(), v.to_string()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                _ => BTreeMap::new(),
+            })
+            .collect())
     }
 
     /// The object under review as JSON, for patching. Only called when a policy patches.
