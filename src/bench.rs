@@ -214,7 +214,8 @@ fn memory_kib() -> (Option<u64>, Option<u64>) {
 
 /// Everything the report says, as JSON (`--output json` prints it as is).
 pub fn measure(args: &BenchArgs) -> Result<Json, String> {
-    let (origin, backend) = crate::config::policy_origin(&args.policy);
+    let (origin, backend) =
+        crate::config::policy_origin(&args.policy).map_err(|e| e.to_string())?;
     let ((set, cluster), load_time, _) = timed(|| {
         let set = PolicySet::load(origin.clone(), backend);
         let cluster = snapshot::load(&args.cluster_snapshot);
@@ -248,6 +249,7 @@ pub fn measure(args: &BenchArgs) -> Result<Json, String> {
         .collect();
     Ok(json!({
         "policies_from": origin.to_string(),
+        "policy_layers": origin.names(),
         "evaluator": set.backend.as_str(),
         "vm_fallback_reason": set.vm_fallback_reason,
         "hints": set.hints,

@@ -87,9 +87,16 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
 
 #[derive(Debug, Args, Clone)]
 pub struct PolicyArgs {
-    /// Directory of .rego and data files [default: the embedded default policies].
-    #[arg(long, env = "MLGUARD_POLICIES")]
-    pub policies: Option<PathBuf>,
+    /// A directory of .rego and data files layered over the embedded default policies: a file
+    /// whose package is a default policy's replaces that policy, its data files are merged
+    /// over the defaults' configuration, anything else adds. Repeatable, each directory
+    /// layered over the ones before; environment variable: comma-separated.
+    #[arg(long, env = "MLGUARD_POLICIES", value_delimiter = ',')]
+    pub policies: Vec<PathBuf>,
+    /// Leave out the embedded default policies: the first --policies directory is then the
+    /// whole base set.
+    #[arg(long, env = "MLGUARD_NO_DEFAULT_POLICIES")]
+    pub no_default_policies: bool,
     /// Policy evaluator: the bytecode VM (fast) or the interpreter (every Rego construct).
     /// The VM falls back to the interpreter by itself when a policy needs it.
     #[arg(long, env = "MLGUARD_EVALUATOR", value_enum, default_value_t = EvaluatorArg::Vm)]

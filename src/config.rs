@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::admission::Mode;
 use crate::cli::{ClusterStateArg, DeadlineAnswer, EvaluatorArg, PolicyArgs, ServeArgs};
-use crate::policy::source::Origin;
+use crate::policy::layers::Layers;
 use crate::policy::Backend;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +27,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub probe_listen: SocketAddr,
     pub tls: TlsSource,
-    pub policies: Origin,
+    pub policies: Layers,
     pub backend: Backend,
     pub cluster_snapshots: Vec<PathBuf>,
     /// Set when the cluster state is watched live; `cluster_snapshots` is then empty.
@@ -146,16 +146,20 @@ pub fn cluster_source(
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
-pub fn policy_origin(args: &PolicyArgs) -> (Origin, Backend) {
-    let origin = args
-        .policies
-        .clone()
-        .map_or(Origin::Embedded, Origin::Directory);
+/// The policy layers and evaluator the flags ask for.
+pub fn policy_origin(args: &PolicyArgs) -> Result<(Layers, Backend), ConfigError> {
+    if args.no_default_policies && args.policies.is_empty() {
+        return Err(ConfigError(
+            "--no-default-policies leaves no policies: give at least one --policies directory"
+                .into(),
+        ));
+    }
+    let layers = Layers::new(!args.no_default_policies, args.policies.clone());
     let backend = match args.evaluator {
         EvaluatorArg::Vm => Backend::Vm,
         EvaluatorArg::Interpreter => Backend::Interpreter,
     };
-    (origin, backend)
+    Ok((layers, backend))
 }
 
 /// Where `serve` keeps development certificates when `--dev-certs-dir` is not given: one
@@ -234,7 +238,7 @@ impl ServeConfig {
                 "--review-deadline must be below 30 seconds, the longest webhook timeout Kubernetes allows; keep it below the webhook's timeoutSeconds".into(),
             ));
         }
-        let (policies, backend) = policy_origin(&args.policy);
+        let (policies, backend) = policy_origin(&args.policy)?;
         let live_cluster =
             cluster_source(args, std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())?;
         Ok(ServeConfig {
@@ -394,9 +398,17 @@ mod tests {
         );
         let given = serve(&["--dev-certs-dir", "here"]).unwrap();
         assert_eq!(given.tls, TlsSource::Dev { dir: "here".into() });
-        assert_eq!(c.policies, Origin::Embedded);
+        assert_eq!(c.policies, Layers::new(true, vec![]));
         assert_eq!(c.listen.port(), 8443);
         assert_eq!(c.probe_listen.port(), 8080);
+    }
+
+    #[test]
+    fn policy_layers_are_the_defaults_then_each_directory() {
+        let c = serve(&["--policies", "a", "--policies", "b"]).unwrap();
+        assert_eq!(c.policies.names(), ["embedded", "a", "b"]);
+        let c = serve(&["--no-default-policies", "--policies", "a"]).unwrap();
+        assert_eq!(c.policies.names(), ["a"]);
     }
 
     #[test]
@@ -431,6 +443,8 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("separate ports"));
         assert!(serve(&["--reload-interval", "0"]).is_err());
+        let e = serve(&["--no-default-policies"]).unwrap_err();
+        assert!(e.to_string().contains("at least one --policies"), "{e}");
         assert!(Cli::try_parse_from(["mlguard", "serve", "--tls-cert", "a.crt"]).is_err());
     }
 }

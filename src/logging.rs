@@ -13,6 +13,7 @@ pub fn init(args: &LogArgs) {
         }),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    crate::decision_log::set_json(args.log_format == LogFormat::Json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

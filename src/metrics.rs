@@ -53,6 +53,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     commit: String,
@@ -80,6 +85,7 @@ pub struct Metrics {
     pub quota_reservations_expired: Counter,
     pub limited: Family<LimitLabels, Counter>,
     pub quota_reservations_unconfirmed: Counter,
+    pub exempted: Family<ReasonLabels, Counter>,
     /// Unix time of the last cluster-state update; 0 when the state is not live.
     cluster_state_updated: AtomicI64,
 }
@@ -183,6 +189,12 @@ impl Metrics {
             "Reservations dropped because their pod did not appear with the review's uid: reviews that did not come from the API server, or pods refused after mlguard admitted them",
             quota_reservations_unconfirmed.clone(),
         );
+        let exempted = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "reviews_exempted",
+            "Reviews admitted unchanged by an exemption before any policy ran, by reason: namespace, namespace_label, object_label, user, group, service_account",
+            exempted.clone(),
+        );
         registry.register(
             "build",
             "mlguard version and git commit",
@@ -216,6 +228,7 @@ impl Metrics {
             quota_reservations_expired,
             limited,
             quota_reservations_unconfirmed,
+            exempted,
             cluster_state_updated: AtomicI64::new(0),
         }
     }
@@ -264,6 +277,13 @@ impl Metrics {
                 endpoint: endpoint.into(),
             })
             .observe(seconds);
+        if let Some(exemption) = &verdict.exempted {
+            self.exempted
+                .get_or_create(&ReasonLabels {
+                    reason: exemption.reason.as_str().into(),
+                })
+                .inc();
+        }
         for fired in &verdict.fired {
             if matches!(fired.finding, crate::policy::verdict::Finding::Patch) {
                 // Applied patches are counted by outcome; the ones dryrun held back are what
@@ -280,14 +300,7 @@ impl Metrics {
             self.violations
                 .get_or_create(&ViolationLabels {
                     policy: fired.policy.clone(),
-                    action: match fired.finding {
-                        crate::policy::verdict::Finding::Warn
-                            if fired.action != crate::policy::Action::Dryrun =>
-                        {
-                            "warn".into()
-                        }
-                        _ => fired.action.as_str().into(),
-                    },
+                    action: fired.effect().into(),
                 })
                 .inc_by(fired.messages.len().max(1) as u64);
         }

@@ -36,6 +36,7 @@ fn with_test_policies(path: &str, extra: &[&str], stdin: Option<&str>) -> Output
         "audit",
         "-f",
         path,
+        "--no-default-policies",
         "--policies",
         policies.to_str().unwrap(),
     ];
@@ -330,7 +331,15 @@ fn usage_errors_exit_2() {
     let out = with_test_policies("/nonexistent/k8s", &[], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/nonexistent/k8s: no such file or directory"));
-    let out = mlguard(&["audit", "--policies", policies.to_str().unwrap()], None);
+    let out = mlguard(
+        &[
+            "audit",
+            "--no-default-policies",
+            "--policies",
+            policies.to_str().unwrap(),
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2), "-f is required");
     let out = audit(&["--cluster-snapshot", "/nonexistent/cluster.yaml"]);
     assert_eq!(out.status.code(), Some(2));

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 fn bench<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(policies: &str, args: I) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mlguard"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["bench", "--policies", policies])
+        .args(["bench", "--no-default-policies", "--policies", policies])
         .args(args)
         .output()
         .unwrap()

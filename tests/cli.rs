@@ -59,6 +59,7 @@ fn the_worked_example_from_the_policy_readme_works() {
     let dir = policy_dir(&[("team_label.rego", &rego), ("team_label.yaml", &config)]);
     let out = mlguard(&[
         "test",
+        "--no-default-policies",
         "--policies",
         dir.path().to_str().unwrap(),
         example.join("cases").to_str().unwrap(),
@@ -106,6 +107,7 @@ fn serve_refuses(extra: &[(&str, &str)]) -> String {
     let certs = tempfile::tempdir().unwrap();
     let out = mlguard(&[
         "serve",
+        "--no-default-policies",
         "--policies",
         dir.path().to_str().unwrap(),
         "--dev-certs-dir",
@@ -274,14 +276,16 @@ fn serve_on_defaults_makes_dev_certificates_prints_the_ca_bundle_and_stops_on_si
         !work.path().join("certs").exists(),
         "nothing in the working directory"
     );
+    // The caBundle is logged (standard error), never printed on standard output.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("caBundle")
-            && stdout.contains("LS0tLS1CRUdJTi")
-            && stdout.contains(&format!("{}/ca.crt", certs.display())),
-        "{stdout}"
-    );
+    assert!(stdout.is_empty(), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("caBundle")
+            && stderr.contains("LS0tLS1CRUdJTi")
+            && stderr.contains(&format!("{}/ca.crt", certs.display())),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("shutdown requested") && stderr.contains("mlguard stopped"),
         "{stderr}"
@@ -307,6 +311,44 @@ fn dev_certificates_stay_the_same_wherever_serve_is_started() {
     for dir in [&first, &second] {
         assert!(!dir.path().join("certs").exists());
     }
+}
+
+/// With `--log-format json`, everything a dev start-up writes is JSON lines on standard
+/// error, the caBundle banner included; standard output stays empty.
+#[cfg(unix)]
+#[test]
+fn json_logs_are_json_lines_from_start_to_stop() {
+    let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let env = [
+        ("HOME", home.path()),
+        ("MLGUARD_LOG_FORMAT", Path::new("json")),
+    ];
+    let out = serve_until_ready_then_sigterm(work.path(), &env);
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let banner = lines
+        .iter()
+        .find(|l| l["ca_bundle"].is_string())
+        .expect("the caBundle is logged");
+    assert!(banner["ca_bundle"]
+        .as_str()
+        .unwrap()
+        .starts_with("LS0tLS1CRUdJTi"));
+    let loaded = lines
+        .iter()
+        .find(|l| l["message"] == "policies loaded")
+        .expect("the policies are logged");
+    assert!(
+        loaded["policy_layers"]
+            .as_str()
+            .unwrap()
+            .contains("embedded"),
+        "{loaded}"
+    );
 }
 
 #[test]
@@ -392,7 +434,12 @@ fn a_failing_rego_unit_test_fails_the_run() {
         "extra_test.rego",
         "package extra_test\n\nimport rego.v1\n\ntest_arithmetic if 1 + 1 == 3\n",
     )]);
-    let out = mlguard(&["test", "--policies", dir.path().to_str().unwrap()]);
+    let out = mlguard(&[
+        "test",
+        "--no-default-policies",
+        "--policies",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("FAIL  extra_test.rego / test_arithmetic"),
@@ -413,6 +460,7 @@ fn bench_points_out_rules_read_through_a_package_import() {
     let fixture = repo().join("tests/fixtures/reviews/pod-small.json");
     let out = mlguard(&[
         "bench",
+        "--no-default-policies",
         "--policies",
         dir.path().to_str().unwrap(),
         "-f",
@@ -433,7 +481,12 @@ fn bench_points_out_rules_read_through_a_package_import() {
     );
 
     // `mlguard test`, where policy authors look first, says the same.
-    let out = mlguard(&["test", "--policies", dir.path().to_str().unwrap()]);
+    let out = mlguard(&[
+        "test",
+        "--no-default-policies",
+        "--policies",
+        dir.path().to_str().unwrap(),
+    ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.lines().any(|l| l == hints[0]), "{t}");

@@ -144,6 +144,7 @@ async fn a_review_past_its_deadline_gets_the_deadline_answer() {
     let policies = repo().join("tests/fixtures/policies-slow");
     for (answer, allowed) in [("deny", false), ("warn", true)] {
         let s = setup(&[
+            "--no-default-policies",
             "--policies",
             policies.to_str().unwrap(),
             "--review-deadline",
@@ -182,6 +183,7 @@ async fn a_review_past_its_deadline_gets_the_deadline_answer() {
 async fn probes_and_cheap_reviews_are_answered_while_expensive_ones_run() {
     let policies = repo().join("tests/fixtures/policies-slow");
     let s = setup(&[
+        "--no-default-policies",
         "--policies",
         policies.to_str().unwrap(),
         "--review-deadline",
@@ -232,6 +234,7 @@ async fn a_policy_that_grows_without_bound_is_refused_at_load() {
     let args = [
         "mlguard",
         "serve",
+        "--no-default-policies",
         "--policies",
         dir.path().to_str().unwrap(),
         "--cluster-state",

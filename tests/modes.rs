@@ -76,6 +76,7 @@ fn state(mode: Mode) -> Arc<Webhook> {
         name: name.into(),
         kind,
         text: text.into(),
+        layer: 0,
     };
     let files = vec![
         file("quota.rego", FileKind::Rego, QUOTA),

@@ -15,7 +15,8 @@ fn run(backend: Backend) -> Vec<String> {
     let dump = root.join("target/mutated-objects");
     std::fs::create_dir_all(&dump).unwrap();
     let base = embedded();
-    let mut sets = PolicySets::new(&base, &Origin::Embedded, backend);
+    let origin = Origin::Embedded.into();
+    let mut sets = PolicySets::new(&base, &origin, backend);
     let mut failures = Vec::new();
     let mut count = 0;
     for file in files {

@@ -188,14 +188,8 @@ async fn policy_changes_through_a_symlink_swap_apply_and_a_broken_set_keeps_the_
             .into(),
     ));
     volume.update(&as_files(&files));
-    eventually("the new policy to decide", || {
-        let (addr, ca, job) = (server.webhook, ca.clone(), job.clone());
-        async move {
-            let mut c = Conn::open(addr, trusting(&ca)).await.unwrap();
-            c.review("/validate", &job).await["allowed"] == false
-        }
-    })
-    .await;
+    common::eventually_validated("the new policy to decide", server.webhook, &ca, &job, false)
+        .await;
     let response = conn.review("/validate", &job).await;
     assert!(
         response["status"]["message"]

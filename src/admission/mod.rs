@@ -1,7 +1,9 @@
 //! The admission layer: the AdmissionReview wire format (`review` parses a body once, `reply`
-//! answers it) and [`admit`], the pure decision of one review against one evaluator. The
+//! answers it), `exemption` (who and what is never evaluated) and [`admit`], the pure
+//! decision of one review against one evaluator. The
 //! webhook handlers, `mlguard audit`, `mlguard test` and `mlguard bench` all decide here.
 
+pub mod exemption;
 pub mod reply;
 pub mod review;
 
@@ -54,7 +56,8 @@ impl std::str::FromStr for Mode {
 }
 
 /// The verdict for `review` at `stage`. Requests that are not policy subjects, or whose
-/// operation no policy runs on, are allowed unchanged. A server-side dry-run (`dryRun: true`)
+/// operation no policy runs on, are allowed unchanged; so are exempted ones (the policy
+/// set's `exemptions`, see [`exemption::check`]), whose verdict names the exemption. A server-side dry-run (`dryRun: true`)
 /// is answered exactly as the real request: mlguard has no side effects to skip.
 pub fn admit(evaluator: &Evaluator, review: &ParsedReview, stage: Stage, mode: Mode) -> Verdict {
     admit_until(evaluator, review, stage, mode, None)
@@ -75,6 +78,10 @@ pub fn admit_until(
             allowed: true,
             ..Default::default()
         };
+    }
+    let known_labels = evaluator.cluster.known_namespace_labels(&review.namespace);
+    if let Some(exemption) = exemption::check(&evaluator.set.exemptions, review, known_labels) {
+        return Verdict::exempt(exemption);
     }
     let request = match review.request() {
         Ok(request) => request,

@@ -4,6 +4,7 @@
 //! looks at (another kind, an operation no policy runs on) never builds them.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use regorus::Value;
@@ -53,6 +54,8 @@ pub struct ParsedReview {
     pub name: String,
     pub operation: String,
     pub user: String,
+    /// `userInfo.groups`.
+    pub groups: Vec<String>,
     pub dry_run: bool,
     /// The AdmissionRequest's fields other than the objects.
     envelope: Value,
@@ -290,6 +293,10 @@ pub fn parse(body: &[u8]) -> Result<ParsedReview, ReviewError> {
         name: text(&request["name"]),
         operation: text(&request["operation"]),
         user: text(&request["userInfo"]["username"]),
+        groups: match &request["userInfo"]["groups"] {
+            Value::Array(groups) => groups.iter().map(text).collect(),
+            _ => Vec::new(),
+        },
         dry_run: matches!(request["dryRun"], Value::Bool(true)),
         envelope: request,
         raw_objects,
@@ -385,6 +392,32 @@ impl ParsedReview {
         } else {
             format!("{} {}/{name}", self.kind, self.namespace)
         }
+    }
+
+    /// The labels of the object and of the old object, of those the review carries (JSON null
+    /// counts as absent), read from the policy input, which evaluation builds anyway; label
+    /// values that are not strings are left out. An error when the objects cannot be read:
+    /// labels mlguard cannot read exempt nothing.
+    pub fn object_labels(&self) -> Result<Vec<BTreeMap<String, String>>, &UnreadableObject> {
+        let request = self.request()?;
+        let objects = RAW_MEMBERS
+            .iter()
+            .map(|member| &request[*member])
+            .filter(|object| !matches!(object, Value::Undefined | Value::Null));
+        Ok(objects
+            .map(|object| match &object["metadata"]["labels"] {
+                Value::Object(labels) => labels
+                    .iter()
+                    .filter_map(|(k, v)| match (k, v) {
+                        (Value::String(k), Value::String(v)) => {
+                            Some((k.to_string(), v.to_string()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                _ => BTreeMap::new(),
+            })
+            .collect())
     }
 
     /// The object under review as JSON, for patching. Only called when a policy patches.

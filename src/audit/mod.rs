@@ -25,7 +25,7 @@ use serde_json::Value as Json;
 use crate::admission::{object_name, Mode};
 use crate::cluster::snapshot;
 use crate::policy::{Evaluator, PolicySet};
-use crate::sim::{manifests, simulate};
+use crate::sim::{manifests, simulate, Request};
 use objects::{Identity, Manifest, Plan, Source};
 
 /// What happened to one manifest object, from most to least serious.
@@ -190,7 +190,7 @@ fn simulate_create(
     namespace: &str,
     mode: Mode,
 ) -> Result<Admission, String> {
-    let sim = simulate(evaluator, object, namespace, "CREATE", None, false, mode)?;
+    let sim = simulate(evaluator, object, &Request::create(namespace), mode)?;
     let patch: Vec<Change> = sim
         .mutate
         .patch
@@ -459,7 +459,8 @@ const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
     let documents = manifests::read(&args.files).map_err(|e| e.to_string())?;
-    let (origin, backend) = crate::config::policy_origin(&args.policy);
+    let (origin, backend) =
+        crate::config::policy_origin(&args.policy).map_err(|e| e.to_string())?;
     let set = PolicySet::load(origin, backend).map_err(|e| format!("policies: {e}"))?;
     let audit_running_workloads = args.cluster && args.files.is_empty();
     let (cluster, running) = if args.cluster {
@@ -575,11 +576,13 @@ deny contains "Job pods must be stamped" if {
                 name: "t.rego".into(),
                 kind: FileKind::Rego,
                 text: POLICY.into(),
+                layer: 0,
             },
             SourceFile {
                 name: "config.yaml".into(),
                 kind: FileKind::Data,
                 text: kinds.into(),
+                layer: 0,
             },
         ];
         let set = PolicySet::compile(files, Origin::Embedded, Backend::Vm).unwrap();

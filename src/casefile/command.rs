@@ -7,9 +7,15 @@ use super::runner::{collect, run_file, PolicySets};
 /// when the policies, a test file or a case file cannot be read.
 pub fn run(args: &crate::cli::TestArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let (origin, backend) = crate::config::policy_origin(&args.policy);
-    let loaded = crate::policy::source::read(&origin).and_then(|files| {
-        let tests = crate::policy::source::read_tests(&origin)?;
+    let (origin, backend) = match crate::config::policy_origin(&args.policy) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("mlguard test: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let loaded = crate::policy::layers::read(&origin).and_then(|files| {
+        let tests = crate::policy::layers::read_tests(&origin)?;
         Ok((files, tests))
     });
     let (base, rego_tests) = match loaded {

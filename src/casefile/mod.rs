@@ -14,6 +14,7 @@
 //!     namespace: ml                # default: the object's namespace, else "default"
 //!     operation: CREATE            # default CREATE
 //!     mode: enforce                # the global --mode (default enforce)
+//!     user_info: {username: alice, groups: [team-a]}   # the requester (optional)
 //!     object: {apiVersion: v1, kind: Pod, ...}
 //!     object_file: example.yaml    # or the object from a manifest file (its first document),
 //!                                  # relative to this file
@@ -25,6 +26,7 @@
 //!       warn: ["substring", ...]   # one substring per expected warning; none if omitted
 //!       would_deny: [...]          # dry-run records; none if omitted
 //!       would_patch: [...]         # dry-run patch operations ("add /spec/..."); none if omitted
+//!       exempted: "user alice"     # the exemption that admits it unevaluated; none if omitted
 //! ```
 
 mod command;
@@ -66,6 +68,9 @@ pub struct Case {
     pub old_object: Option<Json>,
     #[serde(default)]
     pub dry_run: bool,
+    /// The review's `userInfo` (`{username, groups}`), for exemptions by user.
+    #[serde(default)]
+    pub user_info: Option<Json>,
     #[serde(default)]
     pub cluster: Option<Vec<PathBuf>>,
     #[serde(default)]
@@ -90,6 +95,10 @@ pub struct Expect {
     pub would_deny: Vec<String>,
     #[serde(default)]
     pub would_patch: Vec<String>,
+    /// The exemption that admits the object unevaluated (`"user alice"`, `"namespace x"`,
+    /// a substring); none if omitted.
+    #[serde(default)]
+    pub exempted: Option<String>,
 }
 
 /// The result of one case.

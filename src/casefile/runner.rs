@@ -11,10 +11,11 @@ use serde_json::{json, Value as Json};
 use super::{CaseFile, Outcome};
 use crate::admission::Mode;
 use crate::cluster::{snapshot, ClusterState};
+use crate::policy::layers::Layers;
 use crate::policy::settings::{merge, Merge};
-use crate::policy::source::{FileKind, Origin, SourceFile};
+use crate::policy::source::{FileKind, SourceFile};
 use crate::policy::{Backend, Evaluator, PolicySet};
-use crate::sim::{simulate, with_namespace};
+use crate::sim::{simulate, with_namespace, Request};
 
 /// Each expected substring must match a distinct actual message, and the counts must agree.
 fn compare_messages(
@@ -43,13 +44,13 @@ fn compare_messages(
 /// overlays, each compiled once however many case files use it.
 pub struct PolicySets<'a> {
     base: &'a [SourceFile],
-    origin: &'a Origin,
+    origin: &'a Layers,
     backend: Backend,
     compiled: BTreeMap<String, Arc<PolicySet>>,
 }
 
 impl<'a> PolicySets<'a> {
-    pub fn new(base: &'a [SourceFile], origin: &'a Origin, backend: Backend) -> PolicySets<'a> {
+    pub fn new(base: &'a [SourceFile], origin: &'a Layers, backend: Backend) -> PolicySets<'a> {
         PolicySets {
             base,
             origin,
@@ -82,6 +83,7 @@ impl<'a> PolicySets<'a> {
                 name: "zz-case-config.json".into(),
                 kind: FileKind::Data,
                 text: merged.to_string(),
+                layer: 0,
             });
         }
         PolicySet::compile(files, self.origin.clone(), self.backend).map_err(|e| e.to_string())
@@ -138,15 +140,14 @@ pub fn run_file(path: &Path, sets: &mut PolicySets) -> Result<Vec<Outcome>, Stri
                 .or_else(|| object["metadata"]["namespace"].as_str().map(String::from))
                 .unwrap_or_else(|| "default".into());
             let mode: Mode = case.mode.as_deref().unwrap_or("enforce").parse()?;
-            let sim = simulate(
-                &evaluator,
-                object,
-                &namespace,
-                case.operation.as_deref().unwrap_or("CREATE"),
-                case.old_object.as_ref(),
-                case.dry_run,
-                mode,
-            )?;
+            let request = Request {
+                namespace: &namespace,
+                operation: case.operation.as_deref().unwrap_or("CREATE"),
+                old_object: case.old_object.as_ref(),
+                dry_run: case.dry_run,
+                user_info: case.user_info.as_ref(),
+            };
+            let sim = simulate(&evaluator, object, &request, mode)?;
             let expect = &case.expect;
             if let Some(want) = &expect.patched {
                 let want = with_namespace(want, &namespace);
@@ -200,6 +201,19 @@ pub fn run_file(path: &Path, sets: &mut PolicySets) -> Result<Vec<Outcome>, Stri
             let denials = sim.both(|v| &v.denials);
             let warnings = sim.both(|v| &v.warnings);
             let would = sim.both(|v| &v.would_deny);
+            let exempted = [&sim.mutate, &sim.validate]
+                .iter()
+                .filter_map(|v| v.exempted.as_ref().map(ToString::to_string))
+                .collect::<Vec<_>>();
+            match &expect.exempted {
+                Some(want) if !exempted.iter().any(|e| e.contains(want.as_str())) => failures.push(
+                    format!("expected an exemption containing {want:?}; got {exempted:?}"),
+                ),
+                None if !exempted.is_empty() => {
+                    failures.push(format!("unexpected exemption: {}", exempted.join("; ")))
+                }
+                _ => {}
+            }
             compare_messages("denial", &expect.deny, &denials, &mut failures);
             compare_messages("warning", &expect.warn, &warnings, &mut failures);
             compare_messages("dry-run denial", &expect.would_deny, &would, &mut failures);

@@ -202,6 +202,11 @@ impl ClusterState {
 
     /// Labels of `namespace`, for enforcement overrides by namespace selector.
     /// Borrowed, since every review asks: an unknown namespace has no labels.
+    /// The labels of `namespace`, or None when the state does not hold that namespace.
+    pub fn known_namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(namespace).map(|n| &n.labels)
+    }
+
     pub fn namespace_labels(&self, namespace: &str) -> &BTreeMap<String, String> {
         static NONE: BTreeMap<String, String> = BTreeMap::new();
         self.namespaces.get(namespace).map_or(&NONE, |n| &n.labels)

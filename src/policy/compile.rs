@@ -9,10 +9,12 @@ use regorus::rvm::program::Program;
 use regorus::{Engine, Value};
 
 use super::data::document;
+use super::exemptions::Exemptions;
+use super::layers::Layers;
 use super::limits::eval_time_limit;
 use super::set::{digest, Backend, Policy, PolicySet, RuleKind, Stage, POLICY_PACKAGE_PREFIX};
 use super::settings::{build_config, policy_settings};
-use super::source::{FileKind, Origin, SourceFile};
+use super::source::{FileKind, SourceFile};
 use super::{combined, lint, probe, PolicyError};
 
 impl PolicySet {
@@ -20,9 +22,10 @@ impl PolicySet {
     /// the interpreter.
     pub fn compile(
         files: Vec<SourceFile>,
-        origin: Origin,
+        origin: impl Into<Layers>,
         preferred: Backend,
     ) -> Result<Arc<PolicySet>, PolicyError> {
+        let origin = origin.into();
         let rego: Vec<&SourceFile> = files.iter().filter(|f| f.kind == FileKind::Rego).collect();
         if rego.is_empty() {
             return Err(PolicyError::Empty(format!(
@@ -129,6 +132,7 @@ impl PolicySet {
         let config = build_config(&files)?;
         let mut settings = policy_settings(&config, &names)?;
         let kinds = super::kinds::parse(&config)?;
+        let exemptions = Exemptions::from_config(&config)?;
         let config_value = Value::from(config.clone());
         let data = document(config_value.clone(), None);
         engine
@@ -164,6 +168,7 @@ impl PolicySet {
             config,
             config_value,
             kinds,
+            exemptions,
             backend,
             vm_fallback_reason,
             hints,
@@ -181,9 +186,13 @@ impl PolicySet {
         Ok(set)
     }
 
-    /// Reads and compiles the policies of `origin`.
-    pub fn load(origin: Origin, preferred: Backend) -> Result<Arc<PolicySet>, PolicyError> {
-        let files = super::source::read(&origin)?;
+    /// Reads and compiles the policies of `origin` (one layer, or several).
+    pub fn load(
+        origin: impl Into<Layers>,
+        preferred: Backend,
+    ) -> Result<Arc<PolicySet>, PolicyError> {
+        let origin = origin.into();
+        let files = super::layers::read(&origin)?;
         PolicySet::compile(files, origin, preferred)
     }
 }
@@ -215,13 +224,14 @@ fn compile_vm(engine: &mut Engine, policies: &[Policy]) -> Result<Arc<Program>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::source::FileKind;
+    use crate::policy::source::{FileKind, Origin};
 
     fn rego(name: &str, text: &str) -> SourceFile {
         SourceFile {
             name: name.into(),
             kind: FileKind::Rego,
             text: text.into(),
+            layer: 0,
         }
     }
 

@@ -38,6 +38,8 @@ pub enum PolicyError {
         rule: String,
         message: String,
     },
+    #[error("data.mlguard.config.exemptions: {0}")]
+    Exemptions(String),
     #[error("no policies: {0}")]
     Empty(String),
 }

@@ -3,9 +3,11 @@
 //!
 //! - `set` holds the types of a compiled set: [`PolicySet`], [`Policy`], [`RuleKind`],
 //!   [`Stage`], [`Backend`];
-//! - `source` reads policy files (a directory or the embedded default set);
+//! - `source` reads policy files (a directory or the embedded default set); `layers` stacks
+//!   them: the embedded defaults, then each `--policies` directory over them;
 //! - `lint` refuses non-portable or nondeterministic Rego before it is compiled;
 //! - `settings` builds `data.mlguard.config` and each policy's enforcement settings;
+//!   `exemptions` reads its `exemptions:` section (who and what is never evaluated);
 //! - `kinds` checks the workload kinds table and says which kinds reach the policies;
 //! - `data` builds the data document; `limits` bounds one evaluation;
 //! - `compile` turns files into an immutable [`PolicySet`], once, off the request path, with
@@ -20,7 +22,9 @@ pub mod compile;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod exemptions;
 pub mod kinds;
+pub mod layers;
 pub mod limits;
 pub mod lint;
 pub mod patch;

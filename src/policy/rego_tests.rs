@@ -99,6 +99,7 @@ mod tests {
             name: name.into(),
             kind,
             text: text.into(),
+            layer: 0,
         }
     }
 

@@ -7,8 +7,10 @@ use regorus::rvm::program::Program;
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
+use super::exemptions::Exemptions;
+use super::layers::Layers;
 use super::settings::PolicySettings;
-use super::source::{Origin, SourceFile};
+use super::source::SourceFile;
 
 pub const POLICY_PACKAGE_PREFIX: &str = "data.mlguard.policies.";
 
@@ -91,7 +93,8 @@ impl Policy {
 
 /// A compiled, immutable policy set. Shared by every request through an `Arc`.
 pub struct PolicySet {
-    pub origin: Origin,
+    /// Where its files came from, bottom layer first.
+    pub origin: Layers,
     pub files: Vec<String>,
     pub policies: Vec<Policy>,
     /// `data.mlguard.config` as merged from the data files.
@@ -99,6 +102,8 @@ pub struct PolicySet {
     pub(crate) config_value: Value,
     /// The kinds the policies judge: Pods and the workload kinds table's entries.
     pub kinds: super::WorkloadKinds,
+    /// `data.mlguard.config.exemptions`, checked at load.
+    pub exemptions: Exemptions,
     /// Content digest of every file: a reload that changes nothing is not a new generation.
     pub digest: String,
     pub backend: Backend,

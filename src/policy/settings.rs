@@ -80,7 +80,7 @@ impl LabelSelector {
             })
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         for r in &self.match_expressions {
             if !matches!(
                 r.operator.as_str(),
@@ -223,8 +223,30 @@ pub fn merge(base: &mut Json, overlay: Json, mode: Merge, path: &str) -> Result<
     }
 }
 
-/// Parses the data files and merges them into one configuration tree.
+/// Parses the data files and merges them into one configuration tree. Within a layer, two
+/// files setting the same leaf differently is an error; each layer's tree is then merged over
+/// the layers below it, its values replacing theirs (maps merge key by key; lists and scalars
+/// replace).
 pub fn build_config(files: &[SourceFile]) -> Result<Json, PolicyError> {
+    let mut config = empty_object();
+    let mut layers: Vec<usize> = files.iter().map(|f| f.layer).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    for layer in layers {
+        let of_layer: Vec<&SourceFile> = files.iter().filter(|f| f.layer == layer).collect();
+        let tree = layer_config(&of_layer)?;
+        merge(&mut config, tree, Merge::Override, "data.mlguard.config").map_err(|message| {
+            PolicyError::Data {
+                file: format!("layer {layer}"),
+                message,
+            }
+        })?;
+    }
+    Ok(config)
+}
+
+/// The configuration tree of one layer's data files.
+fn layer_config(files: &[&SourceFile]) -> Result<Json, PolicyError> {
     let mut config = empty_object();
     for file in files.iter().filter(|f| f.kind == FileKind::Data) {
         let value = parse_data_file(file)?;
@@ -314,6 +336,7 @@ mod tests {
             name: name.into(),
             kind: FileKind::Data,
             text: text.into(),
+            layer: 0,
         }
     }
 
@@ -332,6 +355,34 @@ mod tests {
         let err = build_config(&[a, c]).unwrap_err().to_string();
         assert!(
             err.contains("c.yaml") && err.contains("policies.p.action"),
+            "{err}"
+        );
+    }
+
+    /// A layer's data is merged over the layers below: maps key by key, lists and scalars
+    /// replaced; within a layer a conflict is still an error.
+    #[test]
+    fn an_upper_layer_overrides_maps_by_key_and_replaces_lists() {
+        let base = data(
+            "config.yaml",
+            "gpu:\n  resources: [a, b]\n  shm: {volume_name: v, size_limit: \"\"}\n",
+        );
+        let mut admin = data(
+            "/etc/p/config.yaml",
+            "gpu:\n  resources: [c]\n  shm: {size_limit: 1Gi}\n",
+        );
+        admin.layer = 1;
+        let cfg = build_config(&[base.clone(), admin.clone()]).unwrap();
+        assert_eq!(cfg["gpu"]["resources"], json!(["c"]));
+        assert_eq!(
+            cfg["gpu"]["shm"],
+            json!({"volume_name": "v", "size_limit": "1Gi"})
+        );
+        let mut clash = data("/etc/p/more.yaml", "gpu:\n  resources: [d]\n");
+        clash.layer = 1;
+        let err = build_config(&[base, admin, clash]).unwrap_err().to_string();
+        assert!(
+            err.contains("/etc/p/more.yaml") && err.contains("set twice"),
             "{err}"
         );
     }

@@ -17,12 +17,15 @@ pub enum FileKind {
     Data,
 }
 
-/// One policy or data file, named by its path relative to the policy directory.
+/// One policy or data file, named by its path relative to the policy directory (or, in a set
+/// of several layers, by its path: see `layers`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     pub name: String,
     pub kind: FileKind,
     pub text: String,
+    /// Which layer of the set it comes from, 0 at the bottom.
+    pub layer: usize,
 }
 
 /// Where a policy set was read from; shown in logs and on the probe port.
@@ -109,6 +112,7 @@ fn walk(dir: &Path, classify: Classify) -> Result<Vec<SourceFile>, PolicyError> 
             name: rel,
             kind,
             text,
+            layer: 0,
         });
     }
     Ok(files)
@@ -139,6 +143,7 @@ fn collect_embedded(dir: &Dir<'static>, classify: Classify, out: &mut Vec<Source
                 name,
                 kind,
                 text: text.to_string(),
+                layer: 0,
             });
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 
 use super::eval::PolicyOutput;
+use super::exemptions::Exemption;
 use super::patch::{describe, make_safe, SafePatch};
 use super::set::PolicySet;
 use super::settings::Action;
@@ -16,6 +17,8 @@ pub const AUDIT_ANNOTATION_LIMIT: usize = 1024;
 /// `validate.mlguard.io/would-deny`.
 pub const WOULD_DENY: &str = "would-deny";
 pub const WOULD_PATCH: &str = "would-patch";
+/// The exemption that admitted a review without evaluating it, e.g. `namespace kube-system`.
+pub const EXEMPTED: &str = "exempted";
 
 /// What a policy contributed to the verdict, for the decision log and metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +27,20 @@ pub struct Fired {
     pub action: Action,
     pub finding: Finding,
     pub messages: Vec<String>,
+}
+
+impl Fired {
+    /// What the finding did, whatever the policy's configured action: a denial or an error
+    /// is routed to deny, warn or dryrun; a warning is a warning; a patch is applied; under
+    /// dryrun each is only recorded.
+    pub fn effect(&self) -> &'static str {
+        match (self.finding, self.action) {
+            (_, Action::Dryrun) => "dryrun",
+            (Finding::Patch, _) => "patch",
+            (Finding::Warn, _) => "warn",
+            (_, action) => action.as_str(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +75,8 @@ pub struct Verdict {
     pub fired: Vec<Fired>,
     /// A policy failed: the verdict reflects it, and it is counted as an error.
     pub had_error: bool,
+    /// The exemption that admitted the review before any policy ran.
+    pub exempted: Option<Exemption>,
 }
 
 impl Verdict {
@@ -72,6 +91,15 @@ impl Verdict {
         }
     }
 
+    /// An admission without evaluation, because `exemption` applies.
+    pub fn exempt(exemption: Exemption) -> Verdict {
+        Verdict {
+            allowed: true,
+            exempted: Some(exemption),
+            ..Default::default()
+        }
+    }
+
     /// The single `status.message` of a denial.
     pub fn status_message(&self, subject: &str) -> String {
         format!("mlguard denied {subject}: {}", self.denials.join("; "))
@@ -79,6 +107,9 @@ impl Verdict {
 
     pub fn audit_annotations(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
+        if let Some(exemption) = &self.exempted {
+            out.insert(EXEMPTED.to_string(), bounded(&exemption.to_string()));
+        }
         if !self.would_deny.is_empty() {
             out.insert(WOULD_DENY.to_string(), bounded(&self.would_deny.join("; ")));
         }

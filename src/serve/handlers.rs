@@ -247,8 +247,14 @@ async fn review(state: WebhookState, stage: Stage, request: Request) -> Response
             state
                 .metrics
                 .observe(endpoint, &parsed.kind, &parsed.operation, &verdict, seconds);
-            let cluster_age = state.metrics.cluster_state_age();
-            crate::decision_log::log(endpoint, &parsed, &verdict, seconds, cluster_age);
+            let evaluator = state.published.load();
+            let context = crate::decision_log::Context {
+                endpoint,
+                seconds,
+                cluster_age: state.metrics.cluster_state_age(),
+                policy_layers: evaluator.set.origin.names(),
+            };
+            crate::decision_log::log(&parsed, &verdict, &context);
             Json(parsed.reply(&verdict)).into_response()
         }
     }

@@ -37,7 +37,6 @@ use crate::admission::Mode;
 use crate::cluster::snapshot;
 use crate::config::{ReviewLimits, ServeConfig, TlsSource};
 use crate::metrics::Metrics;
-use crate::policy::source::Origin;
 use crate::policy::{Evaluator, PolicySet, Published};
 use crate::tls::{self, SwappableCert};
 use health::Health;
@@ -166,10 +165,12 @@ fn initial_certificate(tls: &TlsSource) -> anyhow::Result<(PathBuf, PathBuf)> {
                 created,
                 "using development certificates (for a cluster, use cert-manager or `mlguard certs`)"
             );
-            println!(
-                "caBundle for a webhook configuration (CA in {}/ca.crt):\n{}",
-                dir.display(),
-                bundle.ca_bundle()
+            // In the log (standard error), never on standard output: with --log-format json
+            // every line an operator collects must be a JSON object.
+            tracing::info!(
+                ca_file = %dir.join("ca.crt").display(),
+                ca_bundle = %bundle.ca_bundle(),
+                "caBundle for a webhook configuration: the base64 CA certificate in ca_bundle"
             );
             Ok((dir.join("tls.crt"), dir.join("tls.key")))
         }
@@ -199,7 +200,8 @@ pub async fn run(
         tracing::warn!(problem, "cluster snapshot");
     }
     tracing::info!(
-        origin = %set.origin, policies = ?set.policy_names(), evaluator = set.backend.as_str(),
+        origin = %set.origin, policy_layers = ?set.origin.names(), policies = ?set.policy_names(),
+        evaluator = set.backend.as_str(),
         namespaces = cluster.namespaces.len(), quotas = cluster.quotas.len(), nodes = cluster.nodes.len(),
         "policies loaded"
     );
@@ -239,12 +241,12 @@ pub async fn run(
         config.reload_interval,
         stop_rx.clone(),
     );
-    if let Origin::Directory(dir) = &config.policies {
+    if !config.policies.directories().is_empty() {
         reload::spawn_policy_reloader(
             webhook.published.clone(),
             webhook.metrics.clone(),
             webhook.health.policy_error.clone(),
-            dir.clone(),
+            config.policies.clone(),
             config.backend,
             config.reload_interval,
             stop_rx.clone(),

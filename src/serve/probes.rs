@@ -61,6 +61,8 @@ async fn status(State(state): State<ProbeState>) -> Json<serde_json::Value> {
         "ready": health.readiness().err().unwrap_or_else(|| "ready".into()),
         "policies": {
             "origin": set.origin.to_string(),
+            "layers": set.origin.names(),
+            "exemptions": !set.exemptions.is_empty(),
             "generation": state.published.generation(),
             "evaluator": set.backend.as_str(),
             "vm_fallback_reason": set.vm_fallback_reason,

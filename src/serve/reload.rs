@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::health::LastError;
 use crate::metrics::{Metrics, ResultLabels};
-use crate::policy::source::{self, Origin};
+use crate::policy::layers::{self, Layers};
 use crate::policy::{set, Backend, PolicySet, Published};
 use crate::tls::{self, SwappableCert};
 
@@ -98,13 +98,14 @@ pub fn spawn_certificate_reloader(
     });
 }
 
-/// Compiles the policies in `dir` whenever its content changes and serves them through
-/// `published` if they load; records the result in `metrics` and `last_error`.
+/// Compiles the policy set of `layers` whenever the content of any of its directories
+/// changes and serves it through `published` if it loads; records the result in `metrics`
+/// and `last_error`.
 pub fn spawn_policy_reloader(
     published: Arc<Published>,
     metrics: Arc<Metrics>,
     last_error: Arc<LastError>,
-    dir: PathBuf,
+    layers: Layers,
     backend: Backend,
     interval: Duration,
     stop: watch::Receiver<bool>,
@@ -112,10 +113,10 @@ pub fn spawn_policy_reloader(
     let mut last = published.load().set.digest.clone();
     let busy = Arc::new(AtomicBool::new(false));
     every(interval, stop, move || {
-        let files = match source::read_dir(&dir) {
+        let files = match layers::read(&layers) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the policy directory; keeping the current policies");
+                tracing::warn!(error = %e, "cannot read a policy directory; keeping the current policies");
                 return;
             }
         };
@@ -126,14 +127,13 @@ pub fn spawn_policy_reloader(
         last = digest;
         let (published, metrics, last_error) =
             (published.clone(), metrics.clone(), last_error.clone());
-        let (dir, busy) = (dir.clone(), busy.clone());
+        let (layers, busy) = (layers.clone(), busy.clone());
         // Compiling takes milliseconds of CPU: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
-            let loaded = PolicySet::compile(files, Origin::Directory(dir.clone()), backend)
-                .and_then(|set| {
-                    set.log_notes();
-                    published.swap_policies(set)
-                });
+            let loaded = PolicySet::compile(files, layers.clone(), backend).and_then(|set| {
+                set.log_notes();
+                published.swap_policies(set)
+            });
             let ok = loaded.is_ok();
             metrics.policy_reloads.get_or_create(&result(ok)).inc();
             metrics.policy_last_reload_success.set(i64::from(ok));
@@ -141,10 +141,10 @@ pub fn spawn_policy_reloader(
             match loaded {
                 Ok(generation) => {
                     metrics.policy_generation.set(generation as i64);
-                    tracing::info!(dir = %dir.display(), generation, "policies reloaded");
+                    tracing::info!(policy_layers = ?layers.names(), generation, "policies reloaded");
                 }
                 Err(e) => {
-                    tracing::error!(dir = %dir.display(), error = %e,
+                    tracing::error!(policy_layers = ?layers.names(), error = %e,
                         "policy reload failed; still serving the last good policy set");
                 }
             }

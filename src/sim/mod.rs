@@ -95,18 +95,32 @@ impl Simulation {
     }
 }
 
-/// What a parsed review is made of, for one simulation.
-struct Request<'a> {
-    namespace: &'a str,
-    operation: &'a str,
-    old_object: Option<&'a Json>,
-    dry_run: bool,
+/// What a simulated review is made of besides its object.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub namespace: &'a str,
+    pub operation: &'a str,
+    pub old_object: Option<&'a Json>,
+    pub dry_run: bool,
+    /// The review's `userInfo`, when not the default test user.
+    pub user_info: Option<&'a Json>,
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
+    /// A CREATE in `namespace` by the default test user.
+    pub fn create(namespace: &'a str) -> Request<'a> {
+        Request {
+            namespace,
+            operation: "CREATE",
+            old_object: None,
+            dry_run: false,
+            user_info: None,
+        }
+    }
+
     /// The review for `object`, serialized and parsed as the webhook receives it.
     fn parse(&self, object: &Json) -> Result<ParsedReview, String> {
-        let review = review_for(
+        let mut review = review_for(
             object,
             self.namespace,
             self.operation,
@@ -114,6 +128,9 @@ impl Request<'_> {
             self.dry_run,
             "case",
         );
+        if let Some(user_info) = self.user_info {
+            review["request"]["userInfo"] = user_info.clone();
+        }
         let body = serde_json::to_vec(&review).map_err(|e| e.to_string())?;
         admission::parse(&body).map_err(|e| e.to_string())
     }
@@ -122,18 +139,10 @@ impl Request<'_> {
 pub fn simulate(
     evaluator: &Evaluator,
     object: &Json,
-    namespace: &str,
-    operation: &str,
-    old_object: Option<&Json>,
-    dry_run: bool,
+    request: &Request<'_>,
     mode: Mode,
 ) -> Result<Simulation, String> {
-    let request = Request {
-        namespace,
-        operation,
-        old_object,
-        dry_run,
-    };
+    let namespace = request.namespace;
     let review = request.parse(object)?;
     let mutate = admit(evaluator, &review, Stage::Mutate, mode);
     // Without a patch the stored object is the one sent: its review is the one already

@@ -336,6 +336,25 @@ where
     }
 }
 
+/// Waits until a new connection's answer to `review` at /validate says `allowed`: what a
+/// policy reload changes is seen by connections opened after it.
+pub async fn eventually_validated(
+    what: &str,
+    addr: SocketAddr,
+    ca: &str,
+    review: &Json,
+    allowed: bool,
+) {
+    eventually(what, || {
+        let (ca, review) = (ca.to_string(), review.clone());
+        async move {
+            let mut c = Conn::open(addr, trusting(&ca)).await.unwrap();
+            c.review("/validate", &review).await["allowed"] == allowed
+        }
+    })
+    .await;
+}
+
 /// The value of one sample line (`name{labels}`) in a Prometheus text exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {

@@ -7,8 +7,8 @@
 - everything it renders is valid against the Kubernetes API schemas and the cert-manager
   CRDs, and a client-side `helm install --dry-run` accepts it;
 - the values do what values.yaml says;
-- the policies come from the repository's policies/ through the chart's symlink, also in
-  the packaged chart (.tgz), so the chart has no copy that could drift.
+- the policy ConfigMap is the admin's layer over the embedded defaults: empty by default,
+  the files of `policies.files` otherwise; the packaged chart (.tgz) needs nothing else.
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ ALL_ON = {
     "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
     "podAnnotations": {"example.com/owner": "platform"},
     "imagePullSecrets": [{"name": "regcred"}],
+    "policies": {"files": {"config.yaml": "policies:\n  gpu_memory_limit: {action: deny}\n"}},
 }
+# The opt-out label both webhooks skip by default: mlguard's own exemptions.object_labels.
+EXEMPT_LABEL = {"key": "mlguard.io/exempt", "operator": "NotIn", "values": ["true"]}
 VARIANTS = {"defaults": None, "all-on": ALL_ON, "no-cert-manager": {"certManager": {"enabled": False}}}
 
 
@@ -241,7 +244,9 @@ def test_values_reach_the_objects():
         (hook,) = chart.one(kind, "mlguard")["webhooks"]
         assert hook["name"] == name
         assert (hook["timeoutSeconds"], hook["failurePolicy"]) == (mine["timeoutSeconds"], mine["failurePolicy"])
-        assert hook["objectSelector"] == ALL_ON["webhooks"]["objectSelector"]
+        assert hook["objectSelector"] == {
+            "matchExpressions": [EXEMPT_LABEL] + ALL_ON["webhooks"]["objectSelector"]["matchExpressions"]
+        }
         selector = hook["namespaceSelector"]
         assert selector["matchLabels"] == {"team": "ml"}
         assert selector["matchExpressions"] == [
@@ -250,7 +255,13 @@ def test_values_reach_the_objects():
         ]
     defaults = helm_render()
     (hook,) = defaults.one("ValidatingWebhookConfiguration", "mlguard")["webhooks"]
+    assert hook["objectSelector"] == {"matchExpressions": [EXEMPT_LABEL]}
+    every_object = helm_render({"webhooks": {"exemptLabel": None}})
+    (hook,) = every_object.one("ValidatingWebhookConfiguration", "mlguard")["webhooks"]
     assert "objectSelector" not in hook
+    labels_only = helm_render({"webhooks": {"exemptLabel": None, "objectSelector": {"matchLabels": {"a": "b"}}}})
+    (hook,) = labels_only.one("ValidatingWebhookConfiguration", "mlguard")["webhooks"]
+    assert hook["objectSelector"] == {"matchLabels": {"a": "b"}}
 
 
 def test_the_release_namespace_is_always_exempt_and_in_the_certificate():
@@ -294,45 +305,29 @@ def test_without_cert_manager_helm_generates_a_ca_and_a_serving_certificate(tmp_
     assert key_pub == cert_pub, "tls.key belongs to tls.crt"
 
 
-# --- the policies: no copy in the chart ---------------------------------------------
+# --- the policies: the admin's layer, no copy of the defaults ------------------------------
 
 
-def policy_files() -> dict[str, str]:
-    listed = yaml.safe_load((POLICIES / "Kustomization").read_text())["configMapGenerator"][0]["files"]
-    return {name: (POLICIES / name).read_text() for name in listed}
-
-
-def test_the_chart_reads_policies_through_a_symlink():
-    link = CHART / "policies"
-    assert link.is_symlink() and link.resolve() == POLICIES.resolve()
+def test_the_chart_reads_the_monitoring_files_through_a_symlink():
     assert (CHART / "monitoring").is_symlink() and (CHART / "monitoring").resolve() == (MANIFESTS / "monitoring").resolve()
+    assert not (CHART / "policies").exists(), "the default policies are built into mlguard"
 
 
-def test_policy_configmap_holds_exactly_the_policy_files(chart_defaults):
-    assert chart_defaults.one("ConfigMap", "mlguard-policies")["data"] == policy_files()
+def test_the_policy_configmap_is_empty_by_default_and_holds_policies_files(chart_defaults):
+    assert "data" not in chart_defaults.one("ConfigMap", "mlguard-policies")
+    files = {"config.yaml": "exemptions:\n  users: [oncall]\n", "team_label.rego": "package mlguard.policies.team_label\n"}
+    chart = helm_render({"policies": {"files": files}})
+    assert chart.one("ConfigMap", "mlguard-policies")["data"] == files
 
 
-def test_the_packaged_chart_carries_the_policies(tmp_path):
-    """`helm package` follows the symlinks: the .tgz holds the policy files themselves, so an
-    installed chart does not depend on the repository."""
+def test_the_packaged_chart_renders_on_its_own(tmp_path):
+    """`helm package` follows the monitoring symlink; the .tgz needs nothing of the repository."""
     archive = helm.package(CHART, destination=tmp_path)
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-        assert "mlguard/policies/gpu_quota.rego" in names
-        assert "mlguard/policies/Kustomization" not in names, ".helmignore leaves it out"
+        assert not [n for n in names if n.startswith("mlguard/policies/")], names
         assert not [m.name for m in tar.getmembers() if m.issym()], "no symlinks in the archive"
     with helm.Chart.load(archive) as c:
         manifests = c.render(None, name=RELEASE, namespace=NAMESPACE, is_install=True)
     objs = Rendered(d for text in manifests.values() for d in yaml.safe_load_all(text) if d)
-    assert objs.one("ConfigMap", "mlguard-policies")["data"] == policy_files()
-
-
-def test_a_chart_without_its_policies_refuses_to_render(tmp_path):
-    """Copied without the symlink's target (e.g. a checkout without symlinks), the chart
-    says so rather than installing an empty policy set."""
-    copy_dir = tmp_path / "mlguard"
-    shutil.copytree(CHART, copy_dir, symlinks=True)
-    (copy_dir / "policies").unlink()
-    (copy_dir / "monitoring").unlink()
-    with pytest.raises(helm.HelmError, match="charts/mlguard/policies"):
-        helm_render(chart=copy_dir)
+    assert "data" not in objs.one("ConfigMap", "mlguard-policies")

@@ -6,6 +6,8 @@ import copy
 
 import kubernetes_validate
 import pytest
+import yaml
+from conftest import POLICIES
 from kubernetes_validate.utils import latest_version
 
 NAMESPACE = "mlguard-system"
@@ -129,7 +131,14 @@ def test_webhook_common_settings(objs):
         assert 1 <= hook["timeoutSeconds"] <= 10, where
         assert hook["matchPolicy"] == "Equivalent", where
         assert hook.get("failurePolicy") in ("Ignore", "Fail"), f"{where}: set failurePolicy explicitly"
-        assert "objectSelector" not in hook, where
+        # The opt-out label of mlguard's own exemptions (policies/config.yaml), so that the two
+        # agree on which objects mlguard leaves alone.
+        labels = yaml.safe_load((POLICIES / "config.yaml").read_text())["exemptions"]["object_labels"]
+        assert hook["objectSelector"] == {
+            "matchExpressions": [
+                {"key": k, "operator": "NotIn", "values": [v]} for k, v in labels.items()
+            ]
+        }, where
 
 
 def test_failure_policies_are_the_documented_ones(objs):

@@ -39,6 +39,9 @@ METRICS = {
     "mlguard_quota_reservations": ("gauge", {}),
     "mlguard_quota_reservations_expired_total": ("counter", {}),
     "mlguard_quota_reservations_unconfirmed_total": ("counter", {}),
+    "mlguard_reviews_exempted_total": ("counter", {
+        "reason": {"namespace", "namespace_label", "object_label", "user", "group", "service_account"},
+    }),
     "mlguard_build_info": ("gauge", {"version": None, "commit": None}),
 }
 # Prometheus' own per-target series.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
-BINARY = REPO / "target" / "debug" / "mlguard"
+BINARY = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / "debug" / "mlguard"
 FIXTURES = REPO / "tests" / "fixtures" / "admission"
 
 
@@ -125,6 +126,16 @@ def test_counters_and_histograms_move_by_exactly_what_was_sent(server):
     violations = "mlguard_policy_violations"
     assert sample(after, violations, "_total", policy="gpu_limits", action="deny") == 3
     assert sample(after, violations, "_total", policy="gpu_memory_limit", action="warn") == 3
+    # A review in an exempt namespace (policies/config.yaml): admitted unevaluated, counted by reason.
+    exempt = json.loads(denied)
+    exempt["request"]["namespace"] = "kube-system"
+    exempt["request"]["uid"] = "exempt-1"
+    conn.request("POST", "/validate", body=json.dumps(exempt), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())["response"]
+    assert answer["allowed"] is True and answer["auditAnnotations"]["exempted"] == "namespace kube-system"
+    exempted = families(get(server["probe"], "/metrics")[1])
+    assert sample(exempted, "mlguard_reviews_exempted", "_total", reason="namespace") == 1
     build = after["mlguard_build"]
     assert build.type == "info" and build.samples[0].labels["version"]
 
@@ -155,9 +166,20 @@ def test_the_decision_log_says_who_was_denied_by_which_policy_and_why(server):
     assert d["user"] == "alice@example.com"
     assert d["decision"] == "denied" and d["patch_ops"] == 0 and d["dry_run"] is False
     assert isinstance(d["latency_us"], int)
-    fired = {p["policy"]: p for p in json.loads(d["policies"])}
+    # Structured fields are JSON values, not strings holding JSON.
+    assert isinstance(d["policies"], list) and isinstance(d["would_deny"], list), d
+    assert d["policy_layers"] == ["embedded"] and d["exempted"] is None
+    fired = {p["policy"]: p for p in d["policies"]}
     assert fired["gpu_limits"]["finding"] == "deny" and fired["gpu_limits"]["action"] == "deny"
     assert "requests 2 nvidia.com/gpu but sets no limit" in fired["gpu_limits"]["messages"][0]
     assert fired["gpu_memory_limit"]["action"] == "warn"
     patched = [d for d in decisions if d["endpoint"] == "mutate"]
     assert len(patched) == 2 and all(p["decision"] == "patched" and p["patch_ops"] == 2 for p in patched)
+    # A patch finding is logged as a patch, not with the policy's configured action (deny).
+    assert all(f["action"] == "patch" for p in patched for f in p["policies"] if f["finding"] == "patch")
+    (exempt,) = [d for d in decisions if d.get("uid") == "exempt-1"]
+    assert exempt["exempted"] == {"reason": "namespace", "matched": "kube-system"}
+    assert exempt["decision"] == "allowed" and exempt["policies"] == []
+    # Every line of the JSON log is a JSON object.
+    for line in server["log"].read_text().splitlines():
+        assert isinstance(json.loads(line), dict), line

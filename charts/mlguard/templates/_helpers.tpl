@@ -57,6 +57,29 @@ matchExpressions:
 {{- end }}
 {{- end }}
 
+{{/* The objectSelector both webhooks share: never objects carrying the opt-out label
+(webhooks.exemptLabel, mlguard's own exemptions.object_labels), ANDed with
+webhooks.objectSelector. */}}
+{{- define "mlguard.objectSelector" -}}
+{{- $extra := .Values.webhooks.objectSelector | default dict -}}
+{{- $label := .Values.webhooks.exemptLabel | default dict -}}
+{{- with $extra.matchLabels }}
+matchLabels:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if or $label.key $extra.matchExpressions }}
+matchExpressions:
+{{- with $label.key }}
+- key: {{ . }}
+  operator: NotIn
+  values: [{{ $label.value | quote }}]
+{{- end }}
+{{- with $extra.matchExpressions }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Rules both webhooks share: CREATE of Pods and Jobs. */}}
 {{- define "mlguard.rules" -}}
 - apiGroups: [""]
