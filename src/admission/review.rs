@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn subresources_and_other_kinds_pass_through() {
         let table = serde_json::json!({"workloads": {"kinds": [
-            {"group": "batch", "kind": "Job", "templates": [{"template": "spec.template"}]}]}});
+            {"group": "batch", "kind": "Job", "resource": "jobs", "templates": [{"template": "spec.template"}]}]}});
         let kinds = crate::policy::kinds::parse(&table).unwrap();
         let mk = |kind: &str, group: &str, sub: &str, op: &str| {
             parse(&body(serde_json::json!({

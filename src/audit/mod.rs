@@ -570,7 +570,7 @@ deny contains "Job pods must be stamped" if {
 
     fn evaluator() -> Evaluator {
         // Jobs reach the policies because the kinds table names them.
-        let kinds = "workloads:\n  kinds:\n  - {group: batch, kind: Job, templates: [{template: spec.template}]}\n";
+        let kinds = "workloads:\n  kinds:\n  - {group: batch, kind: Job, resource: jobs, templates: [{template: spec.template}]}\n";
         let files = vec![
             SourceFile {
                 name: "t.rego".into(),

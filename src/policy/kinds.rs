@@ -16,21 +16,35 @@ use super::PolicyError;
 /// since Rego has no recursion, and has six.
 pub const MAX_COUNT_DEPTH: usize = 6;
 
-/// The kinds the table names, as (API group, kind).
+/// One kind the table names, with what the webhook configurations need of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkloadKind {
+    pub group: String,
+    pub kind: String,
+    /// The plural resource name.
+    pub resource: String,
+    /// Whether an UPDATE can raise the kind's demand, so the webhooks register UPDATE too.
+    pub update: bool,
+}
+
+/// The kinds the table names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkloadKinds {
-    kinds: BTreeSet<(String, String)>,
+    kinds: Vec<WorkloadKind>,
 }
 
 impl WorkloadKinds {
     /// Whether objects of this group and kind are judged as workloads. Pods always are.
     pub fn covers(&self, group: &str, kind: &str) -> bool {
         (group.is_empty() && kind == "Pod")
-            || self.kinds.contains(&(group.to_string(), kind.to_string()))
+            || self
+                .kinds
+                .iter()
+                .any(|k| k.group == group && k.kind == kind)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.kinds.iter().map(|(g, k)| (g.as_str(), k.as_str()))
+    pub fn iter(&self) -> impl Iterator<Item = &WorkloadKind> {
+        self.kinds.iter()
     }
 }
 
@@ -53,6 +67,11 @@ struct Entry {
     #[serde(default)]
     group: String,
     kind: String,
+    /// The plural resource name, for the webhook configurations' rules.
+    resource: String,
+    /// Whether the webhooks register UPDATE for the kind.
+    #[serde(default)]
+    update: bool,
     templates: Vec<Template>,
     #[serde(default)]
     gang: Option<Gang>,
@@ -153,12 +172,17 @@ fn table_error(message: String) -> PolicyError {
 pub fn parse(config: &Json) -> Result<WorkloadKinds, PolicyError> {
     let Some(section) = config.get("workloads").filter(|w| w.get("kinds").is_some()) else {
         return Ok(WorkloadKinds {
-            kinds: BTreeSet::from([("batch".to_string(), "Job".to_string())]),
+            kinds: vec![WorkloadKind {
+                group: "batch".into(),
+                kind: "Job".into(),
+                resource: "jobs".into(),
+                update: true,
+            }],
         });
     };
     let workloads: Workloads = serde_json::from_value(section.clone())
         .map_err(|e| table_error(format!("workloads: {e}")))?;
-    let mut kinds = BTreeSet::new();
+    let mut kinds: Vec<WorkloadKind> = Vec::new();
     for (index, raw) in workloads.kinds.iter().enumerate() {
         let label = match (raw.get("group"), raw.get("kind")) {
             (Some(Json::String(g)), Some(Json::String(k))) if !g.is_empty() => {
@@ -170,11 +194,20 @@ pub fn parse(config: &Json) -> Result<WorkloadKinds, PolicyError> {
         let entry: Entry = serde_json::from_value(raw.clone())
             .map_err(|e| table_error(format!("{label}: {e}")))?;
         check_entry(&entry).map_err(|e| table_error(format!("{label}: {e}")))?;
-        if !kinds.insert((entry.group.clone(), entry.kind.clone())) {
+        if kinds
+            .iter()
+            .any(|k| k.group == entry.group && k.kind == entry.kind)
+        {
             return Err(table_error(format!(
                 "{label}: the kind is listed twice; one entry per API group and kind"
             )));
         }
+        kinds.push(WorkloadKind {
+            group: entry.group,
+            kind: entry.kind,
+            resource: entry.resource,
+            update: entry.update,
+        });
     }
     Ok(WorkloadKinds { kinds })
 }
@@ -182,6 +215,12 @@ pub fn parse(config: &Json) -> Result<WorkloadKinds, PolicyError> {
 fn check_entry(entry: &Entry) -> Result<(), String> {
     if entry.kind.is_empty() {
         return Err("`kind` is empty".into());
+    }
+    if entry.resource.is_empty() || entry.resource.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "`resource` must be the kind's plural resource name in lower case (e.g. {}s)",
+            entry.kind.to_lowercase()
+        ));
     }
     if entry.group.is_empty() && entry.kind == "Pod" {
         return Err(
@@ -365,7 +404,7 @@ mod tests {
 
     #[test]
     fn typos_and_bad_counts_are_refused_naming_the_entry() {
-        let base = json!({"group": "acme.io", "kind": "Trainer",
+        let base = json!({"group": "acme.io", "kind": "Trainer", "resource": "trainers",
                           "templates": [{"template": "spec.template", "pods": {"field": "spec.replicas", "default": 1}}]});
         assert!(kinds(base.clone()).is_ok());
 
@@ -408,7 +447,8 @@ mod tests {
 
     #[test]
     fn a_kind_listed_twice_is_refused() {
-        let entry = json!({"group": "apps", "kind": "Deployment", "templates": [{"template": "spec.template"}]});
+        let entry = json!({"group": "apps", "kind": "Deployment", "resource": "deployments",
+                           "templates": [{"template": "spec.template"}]});
         let err = parse(&json!({"workloads": {"kinds": [entry.clone(), entry]}}))
             .unwrap_err()
             .to_string();

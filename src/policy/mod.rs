@@ -38,7 +38,7 @@ pub mod verdict;
 
 pub use error::PolicyError;
 pub use eval::{Evaluator, PolicyOutput};
-pub use kinds::WorkloadKinds;
+pub use kinds::{WorkloadKind, WorkloadKinds};
 pub use published::Published;
 pub use set::{Backend, Policy, PolicySet, RuleKind, Stage};
 pub use settings::Action;
