@@ -12,6 +12,7 @@ import data.mlguard.lib.workload.jobs_config
 import data.mlguard.lib.workload.lifecycle_field
 import data.mlguard.lib.workload.max_deadline
 import data.mlguard.lib.workload.owned_by_workload
+import data.mlguard.lib.workload.subject
 import rego.v1
 
 cfg := jobs_config
@@ -26,7 +27,7 @@ patch contains {"op": "add", "path": field.pointer, "value": cfg.ttl_seconds_aft
 }
 
 # The default deadline never exceeds what the namespace allows.
-patch contains {"op": "add", "path": field.pointer, "value": deadline} if {
+default_deadline := {"field": field, "value": deadline} if {
 	creating
 	is_gpu_workload
 	not owned_by_workload
@@ -36,3 +37,30 @@ patch contains {"op": "add", "path": field.pointer, "value": deadline} if {
 	is_number(cfg.active_deadline_seconds)
 	deadline := min({cfg.active_deadline_seconds, max_deadline})
 }
+
+patch contains {"op": "add", "path": default_deadline.field.pointer, "value": default_deadline.value}
+
+# A deadline changes how the workload runs: a training run longer than it is stopped, with no
+# other word to its owner. So the mutation says so (in the answer of the mutating webhook;
+# kubectl prints it). The TTL is not worth a warning: it only deletes what has finished.
+warn contains sprintf(
+	"mlguard set %s=%v (%s) on %s; set it yourself to choose another",
+	[default_deadline.field.path, default_deadline.value, duration(default_deadline.value), subject],
+)
+
+duration(s) := sprintf("%v days", [s / 86400]) if {
+	s % 86400 == 0
+	s != 86400
+}
+
+duration(86400) := "1 day"
+
+duration(s) := sprintf("%v hours", [s / 3600]) if {
+	s % 86400 != 0
+	s % 3600 == 0
+	s != 3600
+}
+
+duration(3600) := "1 hour"
+
+duration(s) := sprintf("%v seconds", [s]) if s % 3600 != 0

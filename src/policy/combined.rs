@@ -35,11 +35,9 @@ pub(crate) fn module(policies: &[Policy]) -> String {
                 .iter()
                 .filter(|p| combinable(p) && p.settings.applies_to(operation))
                 .filter_map(|p| {
-                    let rules: Vec<String> = stage
-                        .rules()
-                        .iter()
-                        .filter(|r| p.rules.contains(r))
-                        .map(|r| format!("{:?}: {}", r.as_str(), p.entry_point(*r)))
+                    let rules: Vec<String> = p
+                        .rules_at(stage)
+                        .map(|r| format!("{:?}: {}", r.as_str(), p.entry_point(r)))
                         .collect();
                     (!rules.is_empty()).then(|| format!("{:?}: {{{}}}", p.name, rules.join(", ")))
                 })

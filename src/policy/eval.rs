@@ -234,11 +234,8 @@ impl Evaluator {
             policy: policy.name.clone(),
             ..Default::default()
         };
-        for rule in stage.rules() {
-            if !policy.rules.contains(rule) {
-                continue;
-            }
-            let result = value_of(*rule).and_then(|value| match rule {
+        for rule in policy.rules_at(stage) {
+            let result = value_of(rule).and_then(|value| match rule {
                 RuleKind::Deny => messages(&value).map(|m| out.deny = m),
                 RuleKind::Warn => messages(&value).map(|m| out.warn = m),
                 RuleKind::Patch => patch_ops(&value).map(|p| out.patch = p),

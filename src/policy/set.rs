@@ -33,7 +33,9 @@ impl RuleKind {
     }
 }
 
-/// Which webhook is asking: mutation runs `patch` rules, validation runs `deny` and `warn`.
+/// Which webhook is asking: mutation runs `patch` rules, validation runs `deny` and `warn`. A
+/// policy that patches also has its `warn` rules run with its patches, so that a mutation can
+/// say what it did in the mutating webhook's answer (see [`Policy::rules_at`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Mutate,
@@ -86,6 +88,23 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The rules of this policy that run at `stage`. At mutation, a patching policy's `warn`
+    /// rules run too: "mlguard set activeDeadlineSeconds..." belongs with the patch that set
+    /// it. They run at validation as well, on the mutated object, so such a warning must hold
+    /// only before its patch applies (as "the field is unset" does), or it is said twice.
+    pub fn rules_at(&self, stage: Stage) -> impl Iterator<Item = RuleKind> + '_ {
+        let patches = self.rules.contains(&RuleKind::Patch);
+        stage
+            .rules()
+            .iter()
+            .chain(match stage {
+                Stage::Mutate if patches => &[RuleKind::Warn][..],
+                _ => &[],
+            })
+            .copied()
+            .filter(|r| self.rules.contains(r))
+    }
+
     pub fn entry_point(&self, rule: RuleKind) -> String {
         format!("{POLICY_PACKAGE_PREFIX}{}.{}", self.name, rule.as_str())
     }
