@@ -27,58 +27,62 @@ cluster := data.mlguard.cluster
 
 known if object.get(cluster, "node_count", 0) > 0
 
-# The GPU models a template's pods are narrowed to by the product annotation.
-products(t) := {trim_space(p) |
-	some p in split(t.metadata.annotations[gpu_config.product_annotation], ",")
-	trim_space(p) != ""
+# The GPU models each template's pods are narrowed to by the product annotation, worked out
+# once per template (a rule, not a function: a function is evaluated again on every call).
+template_products[ti] := models if {
+	some ti, t in templates
+	models := {trim_space(p) |
+		some p in split(object.get(t.metadata, ["annotations", gpu_config.product_annotation], ""), ",")
+		trim_space(p) != ""
+	}
 }
 
-no_products(t) if count(products(t)) == 0
+no_products(ti) if count(template_products[ti]) == 0
 
 shapes := object.get(gpu_config, "autoscaler_node_shapes", [])
 
 # The most of resource r any one node offers, among the nodes a template's pods may use.
-largest(t, r) := max({object.get(cluster.largest_allocatable, r, 0), shape_largest(t, r)}) if no_products(t)
+largest(ti, r) := max({object.get(cluster.largest_allocatable, r, 0), shape_largest(ti, r)}) if no_products(ti)
 
-largest(t, r) := max({existing_largest(t, r), shape_largest(t, r)}) if not no_products(t)
+largest(ti, r) := max({existing_largest(ti, r), shape_largest(ti, r)}) if not no_products(ti)
 
-existing_largest(t, r) := max({0} | {object.get(node.allocatable, r, 0) |
+existing_largest(ti, r) := max({0} | {object.get(node.allocatable, r, 0) |
 	some node in cluster.nodes
 	not node.unschedulable
-	of_requested_model(t, r, node)
+	of_requested_model(ti, r, node)
 })
 
-shape_largest(t, r) := max({0} | {qty(object.get(shape.allocatable, r, 0)) |
+shape_largest(ti, r) := max({0} | {qty(object.get(shape.allocatable, r, 0)) |
 	some shape in shapes
-	of_requested_model(t, r, shape)
+	of_requested_model(ti, r, shape)
 })
 
-of_requested_model(t, _, _) if no_products(t)
+of_requested_model(ti, _, _) if no_products(ti)
 
 # A node is of a requested model when the product label of the vendor of resource r names one.
-of_requested_model(t, r, node) if {
-	not no_products(t)
+of_requested_model(ti, r, node) if {
+	not no_products(ti)
 	some vendor in gpu_config.vendors
 	some p in vendor.resources
 	matches(p, r)
-	object.get(node, ["labels", vendor.product_label], "") in products(t)
+	object.get(node, ["labels", vendor.product_label], "") in template_products[ti]
 }
 
-where(t) := "" if no_products(t)
+where(ti) := "" if no_products(ti)
 
-where(t) := sprintf(" with GPU model %s", [concat(" or ", products(t))]) if not no_products(t)
+where(ti) := sprintf(" with GPU model %s", [concat(" or ", template_products[ti])]) if not no_products(ti)
 
 findings contains msg if {
 	known
 	some ti, t in templates
 	some r in template_gpu_resources[ti]
 	asked := template_gpu_demand[ti].requests[r]
-	most := largest(t, r)
+	most := largest(ti, r)
 	most > 0
 	asked > most
 	msg := sprintf(
 		"%s asks for %v %s in one pod, but the largest schedulable node%s offers %v; it would stay Pending forever: ask for at most %v per pod and spread the work over more pods",
-		[t.subject, asked, r, where(t), most, most],
+		[t.subject, asked, r, where(ti), most, most],
 	)
 }
 
@@ -89,10 +93,10 @@ findings contains msg if {
 	some r in template_gpu_resources[ti]
 	asked := template_gpu_demand[ti].requests[r]
 	asked > 0
-	largest(t, r) <= 0
+	largest(ti, r) <= 0
 	msg := sprintf(
 		"%s asks for %v %s, but no schedulable node%s offers %s; it would stay Pending forever: ask for a GPU resource the cluster's nodes offer, or ask a cluster admin for nodes with %s",
-		[t.subject, asked, r, where(t), r, r],
+		[t.subject, asked, r, where(ti), r, r],
 	)
 }
 

@@ -18,10 +18,10 @@ applies if is_gpu_workload
 applies if jobs_config.limit_all_jobs == true
 
 deny contains msg if {
-	applies
 	field := lifecycle_field.active_deadline_seconds
 	asked := field.value
 	is_number(asked)
+	applies
 	asked > max_deadline
 	msg := sprintf(
 		"%s: %s is %v but namespace %s allows at most %v (%v hours); lower it, or ask a cluster admin to raise the namespace's %s annotation",

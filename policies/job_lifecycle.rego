@@ -17,24 +17,26 @@ import rego.v1
 
 cfg := jobs_config
 
+# The kind's field is looked up first: for a Pod, or a kind without the field, nothing else
+# is worked out.
 patch contains {"op": "add", "path": field.pointer, "value": cfg.ttl_seconds_after_finished} if {
-	creating
-	not owned_by_workload
 	field := lifecycle_field.ttl_seconds_after_finished
-	field.settable == true
 	field.unset == true
+	field.settable == true
+	creating
 	is_number(cfg.ttl_seconds_after_finished)
+	not owned_by_workload
 }
 
 # The default deadline never exceeds what the namespace allows.
 default_deadline := {"field": field, "value": deadline} if {
+	field := lifecycle_field.active_deadline_seconds
+	field.unset == true
+	field.settable == true
 	creating
+	is_number(cfg.active_deadline_seconds)
 	is_gpu_workload
 	not owned_by_workload
-	field := lifecycle_field.active_deadline_seconds
-	field.settable == true
-	field.unset == true
-	is_number(cfg.active_deadline_seconds)
 	deadline := min({cfg.active_deadline_seconds, max_deadline})
 }
 

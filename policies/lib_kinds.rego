@@ -38,226 +38,166 @@ whole_count(v) if {
 # A count expression is a number; {field: PATH, default: COUNT}, the whole number at PATH or,
 # when PATH is unset, the default (no default: unset is an error); {min|max|sum|product:
 # [COUNT, ...]}; or {if: PATH, then: COUNT, else: COUNT}, by whether PATH is set to anything
-# but false. Rego has no
-# recursion, so each nesting level is its own function, six deep; mlguard refuses deeper
-# expressions when it loads the table. A value that is not a whole number leaves the count
-# undefined: `count_errors` says why, and the policies refuse the workload rather than guess.
+# but false (without else: unset when it is not). Rego has no recursion, so each nesting level
+# is its own function, six deep; mlguard refuses deeper expressions when it loads the table.
+# Each level is one chain of `else`: the first form that matches decides, and the others are
+# not evaluated (a function's separate bodies would all be). A value that is not a whole
+# number leaves the count undefined: `workload_errors` says why, and the policies refuse the
+# workload rather than guess.
 count_of(e, item) := count5(e, item)
 
-count5(e, _) := e if is_number(e)
-
-count5(e, item) := v if {
+count5(e, item) := e if {
+	is_number(e)
+} else := v if {
 	v := value_at(e.field, item)
 	whole_count(v)
-}
-
-count5(e, item) := count4(e["default"], item) if {
+} else := count4(e["default"], item) if {
 	is_string(e.field)
 	not present(e.field, item)
-}
-
-count5(e, item) := min(vs) if {
+} else := min(vs) if {
 	vs := [v | some x in e.min; v := count4(x, item)]
 	count(vs) == count(e.min)
 	count(vs) > 0
-}
-
-count5(e, item) := max(vs) if {
+} else := max(vs) if {
 	vs := [v | some x in e.max; v := count4(x, item)]
 	count(vs) == count(e.max)
 	count(vs) > 0
-}
-
-count5(e, item) := sum(vs) if {
+} else := sum(vs) if {
 	vs := [v | some x in e.sum; v := count4(x, item)]
 	count(vs) == count(e.sum)
-}
-
-count5(e, item) := product(vs) if {
+} else := product(vs) if {
 	vs := [v | some x in e.product; v := count4(x, item)]
 	count(vs) == count(e.product)
-}
-
-count5(e, item) := count4(e.then, item) if truthy(e["if"], item)
-
-count5(e, item) := count4(e["else"], item) if {
+} else := count4(e.then, item) if {
+	truthy(e["if"], item)
+} else := count4(e["else"], item) if {
 	is_string(e["if"])
 	not truthy(e["if"], item)
 }
 
-count4(e, _) := e if is_number(e)
-
-count4(e, item) := v if {
+count4(e, item) := e if {
+	is_number(e)
+} else := v if {
 	v := value_at(e.field, item)
 	whole_count(v)
-}
-
-count4(e, item) := count3(e["default"], item) if {
+} else := count3(e["default"], item) if {
 	is_string(e.field)
 	not present(e.field, item)
-}
-
-count4(e, item) := min(vs) if {
+} else := min(vs) if {
 	vs := [v | some x in e.min; v := count3(x, item)]
 	count(vs) == count(e.min)
 	count(vs) > 0
-}
-
-count4(e, item) := max(vs) if {
+} else := max(vs) if {
 	vs := [v | some x in e.max; v := count3(x, item)]
 	count(vs) == count(e.max)
 	count(vs) > 0
-}
-
-count4(e, item) := sum(vs) if {
+} else := sum(vs) if {
 	vs := [v | some x in e.sum; v := count3(x, item)]
 	count(vs) == count(e.sum)
-}
-
-count4(e, item) := product(vs) if {
+} else := product(vs) if {
 	vs := [v | some x in e.product; v := count3(x, item)]
 	count(vs) == count(e.product)
-}
-
-count4(e, item) := count3(e.then, item) if truthy(e["if"], item)
-
-count4(e, item) := count3(e["else"], item) if {
+} else := count3(e.then, item) if {
+	truthy(e["if"], item)
+} else := count3(e["else"], item) if {
 	is_string(e["if"])
 	not truthy(e["if"], item)
 }
 
-count3(e, _) := e if is_number(e)
-
-count3(e, item) := v if {
+count3(e, item) := e if {
+	is_number(e)
+} else := v if {
 	v := value_at(e.field, item)
 	whole_count(v)
-}
-
-count3(e, item) := count2(e["default"], item) if {
+} else := count2(e["default"], item) if {
 	is_string(e.field)
 	not present(e.field, item)
-}
-
-count3(e, item) := min(vs) if {
+} else := min(vs) if {
 	vs := [v | some x in e.min; v := count2(x, item)]
 	count(vs) == count(e.min)
 	count(vs) > 0
-}
-
-count3(e, item) := max(vs) if {
+} else := max(vs) if {
 	vs := [v | some x in e.max; v := count2(x, item)]
 	count(vs) == count(e.max)
 	count(vs) > 0
-}
-
-count3(e, item) := sum(vs) if {
+} else := sum(vs) if {
 	vs := [v | some x in e.sum; v := count2(x, item)]
 	count(vs) == count(e.sum)
-}
-
-count3(e, item) := product(vs) if {
+} else := product(vs) if {
 	vs := [v | some x in e.product; v := count2(x, item)]
 	count(vs) == count(e.product)
-}
-
-count3(e, item) := count2(e.then, item) if truthy(e["if"], item)
-
-count3(e, item) := count2(e["else"], item) if {
+} else := count2(e.then, item) if {
+	truthy(e["if"], item)
+} else := count2(e["else"], item) if {
 	is_string(e["if"])
 	not truthy(e["if"], item)
 }
 
-count2(e, _) := e if is_number(e)
-
-count2(e, item) := v if {
+count2(e, item) := e if {
+	is_number(e)
+} else := v if {
 	v := value_at(e.field, item)
 	whole_count(v)
-}
-
-count2(e, item) := count1(e["default"], item) if {
+} else := count1(e["default"], item) if {
 	is_string(e.field)
 	not present(e.field, item)
-}
-
-count2(e, item) := min(vs) if {
+} else := min(vs) if {
 	vs := [v | some x in e.min; v := count1(x, item)]
 	count(vs) == count(e.min)
 	count(vs) > 0
-}
-
-count2(e, item) := max(vs) if {
+} else := max(vs) if {
 	vs := [v | some x in e.max; v := count1(x, item)]
 	count(vs) == count(e.max)
 	count(vs) > 0
-}
-
-count2(e, item) := sum(vs) if {
+} else := sum(vs) if {
 	vs := [v | some x in e.sum; v := count1(x, item)]
 	count(vs) == count(e.sum)
-}
-
-count2(e, item) := product(vs) if {
+} else := product(vs) if {
 	vs := [v | some x in e.product; v := count1(x, item)]
 	count(vs) == count(e.product)
-}
-
-count2(e, item) := count1(e.then, item) if truthy(e["if"], item)
-
-count2(e, item) := count1(e["else"], item) if {
+} else := count1(e.then, item) if {
+	truthy(e["if"], item)
+} else := count1(e["else"], item) if {
 	is_string(e["if"])
 	not truthy(e["if"], item)
 }
 
-count1(e, _) := e if is_number(e)
-
-count1(e, item) := v if {
+count1(e, item) := e if {
+	is_number(e)
+} else := v if {
 	v := value_at(e.field, item)
 	whole_count(v)
-}
-
-count1(e, item) := count0(e["default"], item) if {
+} else := count0(e["default"], item) if {
 	is_string(e.field)
 	not present(e.field, item)
-}
-
-count1(e, item) := min(vs) if {
+} else := min(vs) if {
 	vs := [v | some x in e.min; v := count0(x, item)]
 	count(vs) == count(e.min)
 	count(vs) > 0
-}
-
-count1(e, item) := max(vs) if {
+} else := max(vs) if {
 	vs := [v | some x in e.max; v := count0(x, item)]
 	count(vs) == count(e.max)
 	count(vs) > 0
-}
-
-count1(e, item) := sum(vs) if {
+} else := sum(vs) if {
 	vs := [v | some x in e.sum; v := count0(x, item)]
 	count(vs) == count(e.sum)
-}
-
-count1(e, item) := product(vs) if {
+} else := product(vs) if {
 	vs := [v | some x in e.product; v := count0(x, item)]
 	count(vs) == count(e.product)
-}
-
-count1(e, item) := count0(e.then, item) if truthy(e["if"], item)
-
-count1(e, item) := count0(e["else"], item) if {
+} else := count0(e.then, item) if {
+	truthy(e["if"], item)
+} else := count0(e["else"], item) if {
 	is_string(e["if"])
 	not truthy(e["if"], item)
 }
 
 # The innermost level: numbers and fields whose default is a number.
-count0(e, _) := e if is_number(e)
-
-count0(e, item) := v if {
+count0(e, item) := e if {
+	is_number(e)
+} else := v if {
 	v := value_at(e.field, item)
 	whole_count(v)
-}
-
-count0(e, item) := e["default"] if {
+} else := e["default"] if {
 	is_string(e.field)
 	not present(e.field, item)
 	is_number(e["default"])
@@ -320,25 +260,37 @@ template_paths(decl) := [decl.template] if is_string(decl.template)
 
 template_paths(decl) := decl.template if is_array(decl.template)
 
-# The first of the declaration's template paths that is set on the item.
-template_path(decl, item) := paths[0] if {
-	paths := [p | some p in template_paths(decl); present(p, item)]
-	count(paths) > 0
-}
-
-# Every pod template the object has, in the table's order, with the declaration that found it.
-template_items := [{"decl": decl, "name": it.name, "item": it.item, "template": value_at(path, it.item)} |
+# Every item a template declaration finds, with the path of its pod template (null when none
+# of the declared paths is set), worked out once per review.
+declared := [{"decl": decl, "name": it.name, "item": it.item, "path": path} |
 	some decl in kind_entry.templates
 	some it in declared_items(decl)
-	path := template_path(decl, it.item)
+	path := first_or_null([p | some p in template_paths(decl); present(p, it.item)])
 ]
+
+first_or_null(list) := list[0] if count(list) > 0
+
+first_or_null(list) := null if count(list) == 0
+
+# Every pod template the object has, in the table's order, with the declaration that found it.
+template_items := [{"decl": d.decl, "name": d.name, "item": d.item, "template": value_at(d.path, d.item)} |
+	some d in declared
+	d.path != null
+]
+
+# How many pods each template item makes at most at once, by its index in template_items:
+# counted once per review (a rule), since the templates, the gang and the errors all ask.
+item_pods[i] := n if {
+	some i, ti in template_items
+	n := count_of(object.get(ti.decl, "pods", 1), ti.item)
+}
 
 # The pod templates of a workload kind: name and subject (for messages), the pod spec, the
 # pods it makes at most at once in all, and its pods in one smallest useful group.
 workload_templates := [t |
-	some ti in template_items
+	some i, ti in template_items
 	is_object(ti.template.spec)
-	pods := count_of(object.get(ti.decl, "pods", 1), ti.item)
+	pods := item_pods[i]
 	t := {
 		"name": ti.name,
 		"subject": template_subject(ti.name),
@@ -366,16 +318,33 @@ gang_pods(decl, _, _) := 1 if {
 
 # What keeps mlguard from reading the workload, each as a message. The policies deny a
 # workload with any of them: a template mlguard cannot count is a template it cannot check.
-workload_errors contains sprintf("%s: %s, not a whole number of pods; mlguard does not admit a workload it cannot count", [template_subject(ti.name), what]) if {
-	some ti in template_items
-	some e in [object.get(ti.decl, "pods", 1), object.get(ti.decl, "gang_pods", 0)]
-	some what in unreadable_fields(e, ti.item)
+# A count that cannot be evaluated: what it reads that is not a whole number, else the field
+# it needs that is unset. Only worked out when a count fails, since walking an expression
+# costs more than evaluating it.
+workload_errors contains sprintf("%s: %s; mlguard does not admit a workload it cannot count", [template_subject(ti.name), why]) if {
+	some i, ti in template_items
+	not item_pods[i]
+	why := uncounted(object.get(ti.decl, "pods", 1), ti.item)
 }
 
+workload_errors contains sprintf("%s: %s; mlguard does not admit a workload it cannot count", [template_subject(ti.name), why]) if {
+	some ti in template_items
+	e := ti.decl.gang_pods
+	not count_of(e, ti.item)
+	why := uncounted(e, ti.item)
+}
+
+# The kind's gang size and gang condition may be unset (no minAvailable): only a value that
+# is set but not a whole number is an error.
 workload_errors contains sprintf("%s: %s, not a whole number of pods; mlguard does not admit a workload it cannot count", [subject, what]) if {
 	some e in [object.get(kind_entry, "gang_size", 0), object.get(object.get(kind_entry, "gang", {}), "all_at_once", 0)]
+	not count_of(e, obj)
 	some what in unreadable_fields(e, obj)
 }
+
+uncounted(e, item) := sprintf("%s, not a whole number of pods", [concat(", ", unreadable_fields(e, item))]) if {
+	count(unreadable_fields(e, item)) > 0
+} else := sprintf("its pod count %s reads a field that is unset", [json.marshal(e)])
 
 workload_errors contains sprintf("%s: %s is not a map or a list of replica specs; mlguard reads the pod templates there", [subject, shown(decl.each)]) if {
 	some decl in kind_entry.templates
@@ -392,10 +361,11 @@ workload_errors contains sprintf("%s: no %s; mlguard checks the pods a %s makes 
 }
 
 workload_errors contains sprintf("%s: no pod template at %s; mlguard checks the pods a %s makes from it (an admin can change where it looks in workloads.kinds)", [template_subject(it.name), concat(" or ", [shown(p) | some p in template_paths(decl)]), kind]) if {
-	some decl in kind_entry.templates
-	not decl.optional
-	some it in declared_items(decl)
-	not template_path(decl, it.item)
+	some d in declared
+	d.path == null
+	not d.decl.optional
+	decl := d.decl
+	it := d
 }
 
 workload_errors contains sprintf("%s: %s is not a pod template (it needs a spec with containers)", [template_subject(ti.name), concat(" or ", [shown(p) | some p in template_paths(ti.decl)])]) if {
@@ -420,7 +390,8 @@ is_gang if {
 	not gang_annotation
 	total := count_of(kind_entry.gang.all_at_once, obj)
 	total > 1
-	at_once := [n | some ti in template_items; n := count_of(object.get(ti.decl, "pods", 1), ti.item)]
+	at_once := [n | some i, _ in template_items; n := item_pods[i]]
+	count(at_once) == count(template_items)
 	total == sum(at_once)
 }
 
