@@ -4,7 +4,10 @@
 # duration and the whole script stops by itself (about 4 minutes with the defaults).
 #
 #   scripts/loadbench.sh [--policies DIR] [--reps N] [--seconds S] [--soak S] [--quick]
-#                        [--baseline BINARY] [--binary BINARY]
+#                        [--baseline BINARY] [--binary BINARY] [--only GLOB]
+#
+# --only limits the mixed load to the review fixtures (tests/fixtures/reviews) whose file name
+# matches GLOB, e.g. 'pod-*' for Pod reviews only.
 #
 # --baseline runs a second mlguard binary (for example one built from the commit before a
 # change) beside this one, on the same CPU, and measures its saturation in every repetition
@@ -28,6 +31,7 @@ SERVER_CPU=0
 LOAD_CPU=1
 BASELINE=""         # empty: no baseline binary
 BINARY=""           # empty: this checkout's release build
+ONLY="*"            # review fixtures in the mixed load, by file name
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --policies) POLICIES="$2"; shift 2 ;;
@@ -37,7 +41,8 @@ while [[ $# -gt 0 ]]; do
     --quick) REPS=1; SECONDS_PER_RUN=3; SOAK=10; shift ;;
     --baseline) BASELINE="$(realpath "$2")"; shift 2 ;;
     --binary) BINARY="$(realpath "$2")"; shift 2 ;;
-    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+    --only) ONLY="$2"; shift 2 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -71,7 +76,7 @@ POLICY_ARGS=()
 # The mixed payload set: every fixture but the 256 KB pod (measured on its own), one body a
 # line, sent to /mutate and /validate alike.
 FIX="$ROOT/tests/fixtures/reviews"
-for f in "$FIX"/*.json; do
+for f in "$FIX"/$ONLY.json; do
   [[ "$(basename "$f")" == pod-large.json ]] && continue
   tr -d '\n' < "$f"; echo
 done > "$TMP/mixed.lines"
