@@ -2,13 +2,15 @@
 # NVIDIA_DRIVER_CAPABILITIES, or mounts /dev/nvidia* (or /dev) from the host, without
 # requesting a GPU resource. On a GPU node the NVIDIA container runtime then hands it GPUs the
 # scheduler gave to another pod. Every pod template is checked. What counts is in
-# playbook.unrequested_access.
+# playbook.unrequested_access; node agents that read every GPU by design run as DaemonSets,
+# which are exempt by default (exempt_kinds).
 package mlguard.policies.gpu_unrequested_access
 
 import data.mlguard.lib.playbook.settings
 import data.mlguard.lib.workload.containers
 import data.mlguard.lib.workload.creating
 import data.mlguard.lib.workload.describe
+import data.mlguard.lib.workload.kind
 import data.mlguard.lib.workload.matches
 import data.mlguard.lib.workload.templates
 import data.mlguard.lib.workload.updating_workload
@@ -17,6 +19,7 @@ import rego.v1
 cfg := settings.unrequested_access
 
 findings contains msg if {
+	not kind in cfg.exempt_kinds
 	some entry in containers
 	count(entry.gpu) == 0
 	some env in object.get(entry.container, "env", [])
@@ -30,6 +33,7 @@ findings contains msg if {
 }
 
 findings contains msg if {
+	not kind in cfg.exempt_kinds
 	some entry in containers
 	count(entry.gpu) == 0
 	some mount in object.get(entry.container, "volumeMounts", [])
