@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 use common::{fixture, repo, stalled_upload, trusting, with_own_ca, Conn, TlsSetup};
 use serde_json::{json, Value as Json};
 use tokio::io::AsyncReadExt;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The tests of this file run one at a time. Their servers share this process, and with it the
+/// process-wide memory limit regorus enforces (`--memory-limit`): an 8 MB review or a policy
+/// that builds large arrays in one test would otherwise count against another test's policy
+/// load or evaluation, and make it fail for a reason that is not its own.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+async fn alone() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
 
 async fn setup(extra: &[&str]) -> TlsSetup {
     with_own_ca(extra).await
@@ -29,16 +40,17 @@ fn pod_review(uid: &str, object: Json) -> Json {
     })
 }
 
-/// A forged review of an 8 MB Deployment that leaves the names out: no policy reads a
-/// Deployment, and naming it must not build it. The next, ordinary review is answered as usual.
+/// A forged review of an 8 MB ConfigMap that leaves the names out: no policy reads a
+/// ConfigMap, and naming it must not build it. The next, ordinary review is answered as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_unnamed_review_no_policy_reads_is_answered_without_building_it() {
+    let _alone = alone().await;
     let s = setup(&[]).await;
     let mut conn = Conn::open(s.server.webhook, trusting(&s.ca)).await.unwrap();
     // Written as text: built as a JSON value in this process, the test itself would take
     // a hundred MB.
     let body = format!(
-        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"big","kind":{{"group":"apps","version":"v1","kind":"Deployment"}},"resource":{{"group":"apps","version":"v1","resource":"deployments"}},"operation":"CREATE","object":{{"metadata":{{"generateName":"web-","namespace":"ml"}},"spec":{{"x":[{}1]}}}}}}}}"#,
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"big","kind":{{"group":"","version":"v1","kind":"ConfigMap"}},"resource":{{"group":"","version":"v1","resource":"configmaps"}},"operation":"CREATE","object":{{"metadata":{{"generateName":"web-","namespace":"ml"}},"data":{{"x":[{}1]}}}}}}}}"#,
         "1,".repeat(3_500_000)
     );
     assert!(body.len() > 7_000_000);
@@ -60,6 +72,7 @@ async fn a_large_unnamed_review_no_policy_reads_is_answered_without_building_it(
 /// where no reply can be built without it, it is a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_beyond_what_the_size_allows_are_refused_with_the_reason() {
+    let _alone = alone().await;
     let s = setup(&[]).await;
     let mut conn = Conn::open(s.server.webhook, trusting(&s.ca)).await.unwrap();
     let dense = json!({"metadata": {"name": "p", "namespace": "ml"},
@@ -90,6 +103,7 @@ async fn values_beyond_what_the_size_allows_are_refused_with_the_reason() {
 /// A number mlguard cannot represent: the same, a denial naming the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_mlguard_cannot_read_is_denied_never_admitted_as_empty() {
+    let _alone = alone().await;
     let s = setup(&[]).await;
     let mut conn = Conn::open(s.server.webhook, trusting(&s.ca)).await.unwrap();
     let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"namespace":"ml","name":"p","operation":"CREATE","object":{"metadata":{"name":"p"},"spec":{"priority":1e400,"containers":[{"name":"c","image":"i","resources":{"limits":{"nvidia.com/gpu":"8"}}}]}}}}"#;
@@ -111,6 +125,7 @@ async fn an_object_mlguard_cannot_read_is_denied_never_admitted_as_empty() {
 /// on answering everyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_is_cut_off() {
+    let _alone = alone().await;
     let s = setup(&["--body-timeout", "0.5"]).await;
     let mut tls = stalled_upload(&s, 1_000_000, r#"{"apiVersion":"#).await;
     let started = Instant::now();
@@ -141,6 +156,7 @@ fn slow_pod(uid: &str) -> Json {
 /// so in a warning and an audit annotation. Never a silent admission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_past_its_deadline_gets_the_deadline_answer() {
+    let _alone = alone().await;
     let policies = repo().join("tests/fixtures/policies-slow");
     for (answer, allowed) in [("deny", false), ("warn", true)] {
         let s = setup(&[
@@ -181,6 +197,7 @@ async fn a_review_past_its_deadline_gets_the_deadline_answer() {
 /// evaluation runs on the blocking pool, not on the threads that accept connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_cheap_reviews_are_answered_while_expensive_ones_run() {
+    let _alone = alone().await;
     let policies = repo().join("tests/fixtures/policies-slow");
     let s = setup(&[
         "--no-default-policies",
@@ -210,12 +227,14 @@ async fn probes_and_cheap_reviews_are_answered_while_expensive_ones_run() {
     );
     assert_eq!(conn.review("/validate", &cheap).await["allowed"], true);
     // Each slow review finished (the policy denies nothing), got the deadline answer, or, on a
-    // slow machine, hit the per-policy evaluation time limit, which is a denial naming it.
+    // slow machine, hit the per-policy evaluation time or memory limit, a denial naming it.
     for task in slow {
         let response = task.await.unwrap();
         let text = response.to_string();
         let stopped = response["allowed"] == false
-            && (text.contains("review deadline") || text.contains("exceeded time limit"));
+            && (text.contains("review deadline")
+                || text.contains("exceeded time limit")
+                || text.contains("exceeded memory limit"));
         assert!(response["allowed"] == true || stopped, "{response}");
     }
 }
@@ -224,6 +243,7 @@ async fn probes_and_cheap_reviews_are_answered_while_expensive_ones_run() {
 /// the server never starts on it (and a reload keeps the last good set; see tests/reload.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_grows_without_bound_is_refused_at_load() {
+    let _alone = alone().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("huge.rego"),
@@ -271,6 +291,7 @@ async fn a_policy_that_grows_without_bound_is_refused_at_load() {
 /// answered at once, while a second 8 MB upload waits until the first lets go of its share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_waits_for_its_share_of_the_review_memory() {
+    let _alone = alone().await;
     let s = setup(&["--review-deadline", "1", "--body-timeout", "2"]).await;
     let stall = || stalled_upload(&s, 8_000_000, "[");
     let answered = |mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {

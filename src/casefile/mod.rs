@@ -107,6 +107,7 @@ pub struct Outcome {
     pub file: PathBuf,
     pub name: String,
     pub failures: Vec<String>,
-    /// The object after mutation, for schema checks.
+    /// The object after mutation, for schema checks; none when it is denied, since the API
+    /// server then stores nothing.
     pub mutated: Option<Json>,
 }

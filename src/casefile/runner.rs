@@ -223,7 +223,10 @@ pub fn run_file(path: &Path, sets: &mut PolicySets) -> Result<Vec<Outcome>, Stri
                 &sim.mutate.would_patch,
                 &mut failures,
             );
-            mutated = Some(sim.mutated);
+            // The API server stores, and validates against its schema, only what it admits.
+            if denials.is_empty() {
+                mutated = Some(sim.mutated);
+            }
             Ok(())
         })();
         if let Err(e) = result {
