@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use cel::{Context, Program, Value};
 use mlguard::admission::Mode;
-use mlguard::casefile::{collect, CaseFile};
+use mlguard::casefile::{collect, CaseFile, PolicySets};
 use mlguard::cluster::snapshot;
 use mlguard::policy::settings::{build_config, merge, Merge};
-use mlguard::policy::source::{embedded, FileKind, Origin, SourceFile};
+use mlguard::policy::source::{embedded, Origin};
 use mlguard::policy::webhooks::{Rule, WebhookMatch, SPEC_CHANGED};
-use mlguard::policy::{Backend, Evaluator, PolicySet};
+use mlguard::policy::{Backend, Evaluator};
 use mlguard::sim::{simulate, with_namespace, Request};
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
@@ -118,7 +118,7 @@ fn ttl_only(ops: &[Json]) -> bool {
     })
 }
 
-fn check_file(path: &Path, checked: &mut Checked) {
+fn check_file(path: &Path, sets: &mut PolicySets, checked: &mut Checked) {
     let text = std::fs::read_to_string(path).unwrap();
     let file: CaseFile = serde_yaml::from_str(&text).unwrap();
     let dir = path.parent().unwrap();
@@ -127,23 +127,25 @@ fn check_file(path: &Path, checked: &mut Checked) {
         Arc::new(snapshot::load(&full).unwrap())
     };
     let file_cluster = load(&file.cluster);
-    let base = embedded();
     for case in &file.cases {
         let at = format!("{} / {}", path.display(), case.name);
-        // The case's configuration: the policies and the webhooks both derive from it.
+        // The case's configuration, merged as the case runner merges it: the policies and the
+        // webhooks both derive from it.
+        let overlay = match (&file.config, &case.config) {
+            (None, None) => None,
+            (a, b) => {
+                let mut c = a.clone().unwrap_or(json!({}));
+                if let Some(b) = b {
+                    merge(&mut c, b.clone(), Merge::Override, "config").unwrap();
+                }
+                Some(c)
+            }
+        };
         let mut config = default_config();
-        for overlay in [&file.config, &case.config].into_iter().flatten() {
+        if let Some(overlay) = &overlay {
             merge(&mut config, overlay.clone(), Merge::Override, "config").unwrap();
         }
-        let mut files: Vec<SourceFile> = base.clone();
-        files.retain(|f| f.kind != FileKind::Data);
-        files.push(SourceFile {
-            name: "zz-case-config.json".into(),
-            kind: FileKind::Data,
-            text: config.to_string(),
-            layer: 0,
-        });
-        let set = PolicySet::compile(files, Origin::Embedded, Backend::Vm).unwrap();
+        let set = sets.get(overlay.as_ref()).unwrap();
         let kinds = mlguard::policy::kinds::parse(&config).unwrap();
         let m = WebhookMatch::from_config(&config).unwrap();
         let resource_of = |o: &Json| {
@@ -271,8 +273,11 @@ fn the_gpu_condition_and_the_policies_agree_on_every_golden_case() {
         other: 0,
         failures: Vec::new(),
     };
+    let base = embedded();
+    let origin = Origin::Embedded.into();
+    let mut sets = PolicySets::new(&base, &origin, Backend::Vm);
     for file in &files {
-        check_file(file, &mut checked);
+        check_file(file, &mut sets, &mut checked);
     }
     assert!(
         checked.failures.is_empty(),
