@@ -66,10 +66,41 @@ pub enum Command {
     /// Time a policy set on manifests, in-process: reviews/s, latency and memory per review,
     /// in total and per policy.
     Bench(BenchArgs),
+    /// The webhook configurations' rules and GPU matchConditions (CEL), derived from the
+    /// policies' GPU resource names and workload kinds table: print them, or write or check
+    /// the repository's manifests and Helm chart.
+    Manifests(ManifestsArgs),
     /// Print the version and the git commit it was built from.
     Version,
     /// Print a shell completion script: `mlguard completions bash > ~/.local/share/bash-completion/completions/mlguard`.
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    #[command(subcommand)]
+    pub action: ManifestsAction,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ManifestsAction {
+    /// Print the GPU matchCondition's CEL expression (the fail-open webhook uses its negation).
+    MatchConditions,
+    /// Print the rules of the GPU webhooks, as YAML.
+    Rules,
+    /// Write manifests/common/webhooks.yaml, manifests/components/all-objects and
+    /// charts/mlguard/templates/_match.tpl under the repository ROOT.
+    Write {
+        #[arg(default_value = ".")]
+        root: PathBuf,
+    },
+    /// Exit 1 when the files under ROOT differ from what `write` would write.
+    Check {
+        #[arg(default_value = ".")]
+        root: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

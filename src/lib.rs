@@ -3,7 +3,7 @@
 //!
 //! Layers, top to bottom (a module imports only from layers below it; see the README's
 //! Development section and `tests/layers.rs`):
-//! the commands (`serve`, `audit`, `casefile`, `bench`, `certs`) -> the command line's
+//! the commands (`serve`, `audit`, `casefile`, `bench`, `manifests`, `certs`) -> the command line's
 //! arguments (`cli`, `config`) -> `sim` and the observers (`metrics`, `decision_log`) ->
 //! `admission` -> `policy` -> `cluster` -> leaves (`tls`, `logging`, `alloc`).
 
@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod decision_log;
 pub mod logging;
+pub mod manifests;
 pub mod metrics;
 pub mod policy;
 pub mod serve;

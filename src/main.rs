@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => mlguard::audit::run(&args),
         Command::Test(args) => mlguard::casefile::run(&args),
         Command::Bench(args) => mlguard::bench::run(&args),
+        Command::Manifests(args) => mlguard::manifests::run(&args),
         Command::Version => {
             println!(
                 "mlguard {} (commit {})",

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("audit", 7),
     ("casefile", 7),
     ("bench", 7),
+    ("manifests", 7),
 ];
 
 fn layer(module: &str) -> u32 {

@@ -35,6 +35,7 @@ pub mod set;
 pub mod settings;
 pub mod source;
 pub mod verdict;
+pub mod webhooks;
 
 pub use error::PolicyError;
 pub use eval::{Evaluator, PolicyOutput};

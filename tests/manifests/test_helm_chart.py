@@ -67,8 +67,9 @@ ALL_ON = {
         "objectSelector": {
             "matchExpressions": [{"key": "mlguard.io/ignore", "operator": "DoesNotExist"}]
         },
-        "mutating": {"timeoutSeconds": 3, "failurePolicy": "Fail"},
-        "validating": {"timeoutSeconds": 2, "failurePolicy": "Fail"},
+        "match": "all",
+        "mutating": {"timeoutSeconds": 3, "failurePolicy": "Ignore", "otherFailurePolicy": "Fail"},
+        "validating": {"timeoutSeconds": 2, "failurePolicy": "Ignore", "otherFailurePolicy": "Fail"},
     },
     "replicaCount": 5,
     "image": {"repository": "registry.example.com/mlguard", "tag": "1.2.3", "pullPolicy": "Always"},
@@ -237,13 +238,20 @@ def test_values_reach_the_objects():
     assert pod["metadata"]["annotations"] == {"example.com/owner": "platform"}
     assert pod["spec"]["tolerations"] == ALL_ON["tolerations"]
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
-    for kind, name, mine in [
-        ("MutatingWebhookConfiguration", "mutate.mlguard.io", ALL_ON["webhooks"]["mutating"]),
-        ("ValidatingWebhookConfiguration", "validate.mlguard.io", ALL_ON["webhooks"]["validating"]),
-    ]:
-        (hook,) = chart.one(kind, "mlguard")["webhooks"]
-        assert hook["name"] == name
-        assert (hook["timeoutSeconds"], hook["failurePolicy"]) == (mine["timeoutSeconds"], mine["failurePolicy"])
+    hooks = {
+        hook["name"]: hook
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+        for hook in chart.one(kind, "mlguard")["webhooks"]
+    }
+    mutating, validating = ALL_ON["webhooks"]["mutating"], ALL_ON["webhooks"]["validating"]
+    assert {name: (h["timeoutSeconds"], h["failurePolicy"]) for name, h in hooks.items()} == {
+        "mutate.mlguard.io": (3, "Ignore"),
+        "mutate-other.mlguard.io": (3, "Fail"),
+        "validate.mlguard.io": (2, "Ignore"),
+        "validate-other.mlguard.io": (2, "Fail"),
+    }
+    assert (mutating["timeoutSeconds"], validating["otherFailurePolicy"]) == (3, "Fail")
+    for hook in hooks.values():
         assert hook["objectSelector"] == {
             "matchExpressions": [EXEMPT_LABEL] + ALL_ON["webhooks"]["objectSelector"]["matchExpressions"]
         }
@@ -255,6 +263,7 @@ def test_values_reach_the_objects():
         ]
     defaults = helm_render()
     (hook,) = defaults.one("ValidatingWebhookConfiguration", "mlguard")["webhooks"]
+    assert hook["failurePolicy"] == "Fail"
     assert hook["objectSelector"] == {"matchExpressions": [EXEMPT_LABEL]}
     every_object = helm_render({"webhooks": {"exemptLabel": None}})
     (hook,) = every_object.one("ValidatingWebhookConfiguration", "mlguard")["webhooks"]
@@ -264,9 +273,46 @@ def test_values_reach_the_objects():
     assert hook["objectSelector"] == {"matchLabels": {"a": "b"}}
 
 
+def test_match_all_widens_the_fail_open_webhooks_only():
+    """webhooks.match=all: every Pod and workload of the table without GPUs goes to fail-open
+    webhooks (the admin's own policies see them); GPU workloads still go to the fail-closed
+    ones, with the same rules and condition as by default."""
+    default = helm_render()
+    wide = helm_render({"webhooks": {"match": "all"}})
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        gpu_hook = default.one(kind, "mlguard")["webhooks"][0]
+        hooks = {h["name"]: h for h in wide.one(kind, "mlguard")["webhooks"]}
+        assert hooks[gpu_hook["name"]] == gpu_hook
+        other = hooks[gpu_hook["name"].replace(".mlguard.io", "-other.mlguard.io")]
+        assert other["failurePolicy"] == "Ignore"
+        assert other["rules"] == gpu_hook["rules"], "every kind the GPU webhooks register"
+        assert other["matchConditions"][0]["expression"] == "!(\n" + gpu_hook["matchConditions"][0]["expression"] + "\n)"
+    with pytest.raises(Exception, match="webhooks.match"):
+        helm_render({"webhooks": {"match": "everything"}})
+
+
+def test_the_all_objects_component_widens_as_match_all_does(tmp_path):
+    """manifests/components/all-objects, the kustomize counterpart of webhooks.match=all,
+    renders the same webhooks, from an overlay as manifests/README.md shows it."""
+    from conftest import copy_repo, render as kustomize
+    repo = copy_repo(tmp_path)
+    overlay = repo / "manifests" / "overlays" / "all-objects"
+    overlay.mkdir(parents=True)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../../base"],
+        "components": ["../../components/all-objects"],
+    }))
+    got = Rendered(kustomize(overlay))
+    wide = helm_render({"webhooks": {"match": "all"}})
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert got.one(kind, "mlguard")["webhooks"] == wide.one(kind, "mlguard")["webhooks"], kind
+
+
 def test_the_release_namespace_is_always_exempt_and_in_the_certificate():
     chart = helm_render(namespace="gpu-guard")
-    (hook,) = chart.one("MutatingWebhookConfiguration", "mlguard")["webhooks"]
+    hook = chart.one("MutatingWebhookConfiguration", "mlguard")["webhooks"][0]
     assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["kube-system", "gpu-guard"]
     assert hook["clientConfig"]["service"]["namespace"] == "gpu-guard"
     cert = chart.one("Certificate", "mlguard-tls")
@@ -293,7 +339,8 @@ def test_without_cert_manager_helm_generates_a_ca_and_a_serving_certificate(tmp_
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         cfg = chart.one(kind, "mlguard")
         assert "annotations" not in cfg["metadata"], "no cert-manager injection"
-        assert cfg["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        for hook in cfg["webhooks"]:
+            assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     for name, body in data.items():
         (tmp_path / name).write_bytes(body)
     verify = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "tls.crt"], capture_output=True, text=True)

@@ -142,11 +142,13 @@ def test_webhook_common_settings(objs):
 
 
 def test_failure_policies_are_the_documented_ones(objs):
-    # manifests/README.md ("If mlguard is down") explains these; change both together.
-    policies = {kind: hook["failurePolicy"] for kind, hook in webhooks(objs)}
+    # manifests/README.md ("If mlguard is down") explains these; change both together. GPU
+    # workloads fail closed; what mlguard does to the rest fails open.
+    policies = {hook["name"]: hook["failurePolicy"] for _, hook in webhooks(objs)}
     assert policies == {
-        "MutatingWebhookConfiguration": "Ignore",
-        "ValidatingWebhookConfiguration": "Ignore",
+        "mutate.mlguard.io": "Fail",
+        "mutate-other.mlguard.io": "Ignore",
+        "validate.mlguard.io": "Fail",
     }
 
 
@@ -158,16 +160,66 @@ def test_reinvocation_policy(objs):
             assert "reinvocationPolicy" not in hook
 
 
-def test_rules_are_create_of_pods_and_jobs_only(objs):
-    for kind, hook in webhooks(objs):
-        seen = set()
-        for rule in hook["rules"]:
-            assert rule["operations"] == ["CREATE"], f"{kind}: {rule}"
-            assert rule["scope"] == "Namespaced", f"{kind}: {rule}"
-            assert len(rule["apiGroups"]) == len(rule["apiVersions"]) == 1, f"{kind}: {rule}"
-            for resource in rule["resources"]:
-                seen.add((rule["apiGroups"][0], rule["apiVersions"][0], resource))
-        assert seen == {("", "v1", "pods"), ("batch", "v1", "jobs")}, kind
+def config() -> dict:
+    return yaml.safe_load((POLICIES / "config.yaml").read_text())
+
+
+def registered(hook) -> dict[tuple[str, str, str], list[str]]:
+    """(group, version, resource) -> operations, for one webhook."""
+    seen = {}
+    for rule in hook["rules"]:
+        assert rule["scope"] == "Namespaced", rule
+        assert len(rule["apiGroups"]) == len(rule["apiVersions"]) == 1, rule
+        for resource in rule["resources"]:
+            key = (rule["apiGroups"][0], rule["apiVersions"][0], resource)
+            assert key not in seen, f"{key} registered twice"
+            seen[key] = rule["operations"]
+    return seen
+
+
+def test_rules_follow_the_kinds_table(objs):
+    """Recomputed here from policies/config.yaml, independently of the generator: the GPU
+    webhooks register CREATE of Pods and of every kind of workloads.kinds, and UPDATE of the
+    kinds marked `update: true`; the fail-open mutating webhook registers CREATE of the kinds
+    mlguard gives a TTL whatever they run (a lifecycle ttl_seconds_after_finished that is not
+    `set_default: false`)."""
+    kinds = config()["workloads"]["kinds"]
+    gpu = {("", "v1", "pods"): ["CREATE"]}
+    gpu.update({(k["group"], "*", k["resource"]): ["CREATE", "UPDATE"] if k.get("update") else ["CREATE"] for k in kinds})
+    ttl = {
+        (k["group"], "*", k["resource"]): ["CREATE"]
+        for k in kinds
+        if (k.get("lifecycle") or {}).get("ttl_seconds_after_finished", {"set_default": False}).get("set_default", True) is not False
+    }
+    assert {r for (_, _, r) in ttl} == {"jobs", "pytorchjobs", "tfjobs", "mpijobs", "jobsets"}
+    for _, hook in webhooks(objs):
+        want = ttl if hook["name"] == "mutate-other.mlguard.io" else gpu
+        assert registered(hook) == want, hook["name"]
+    updated = {r for (_, _, r), ops in gpu.items() if "UPDATE" in ops}
+    # What manifests/README.md says: the two whose specs are immutable after creation are
+    # the only workload kinds without UPDATE.
+    assert {k["resource"] for k in kinds} - updated == {"jobsets", "rayjobs"}
+
+
+def test_match_conditions_select_gpu_workloads(objs):
+    """The GPU webhooks carry the GPU condition, the fail-open one its negation; the condition
+    names every GPU resource pattern and every kind of the table (tests/match_conditions.rs
+    evaluates it against the golden cases)."""
+    cfg = config()
+    conditions = {hook["name"]: hook["matchConditions"] for _, hook in webhooks(objs)}
+    gpu, changed = conditions["validate.mlguard.io"]
+    assert gpu["name"] == "gpu-workload"
+    assert changed["name"] == "spec-changed" and "object.spec != oldObject.spec" in changed["expression"]
+    assert conditions["mutate.mlguard.io"] == [gpu, changed]
+    (other,) = conditions["mutate-other.mlguard.io"]
+    assert other == {"name": "not-gpu-workload", "expression": "!(\n" + gpu["expression"] + "\n)"}
+    patterns = set(cfg["gpu"]["resources"]) | {p for v in cfg["gpu"]["vendors"] for p in v["resources"]}
+    for p in patterns:
+        literal = f"r.startsWith('{p[:-1]}')" if p.endswith("*") else f"r == '{p}'"
+        assert literal in gpu["expression"], p
+    for k in cfg["workloads"]["kinds"]:
+        assert f"request.kind.group == '{k['group']}' && request.kind.kind == '{k['kind']}'" in gpu["expression"], k["kind"]
+    assert len(gpu["expression"]) < 64 * 1024
 
 
 def test_namespace_selector_excludes_system_namespaces(objs):
@@ -187,7 +239,6 @@ def test_namespace_selector_excludes_system_namespaces(objs):
 
 
 def test_webhooks_call_the_service(objs):
-    paths = {}
     service = objs.one("Service", SERVICE)
     service_ports = {p["port"] for p in service["spec"]["ports"]}
     for kind, hook in webhooks(objs):
@@ -195,11 +246,8 @@ def test_webhooks_call_the_service(objs):
         assert "url" not in hook["clientConfig"], kind
         assert ref["name"] == SERVICE and ref["namespace"] == NAMESPACE, kind
         assert ref["port"] == 443 and ref["port"] in service_ports, kind
-        paths[kind] = ref["path"]
-    assert paths == {
-        "MutatingWebhookConfiguration": "/mutate",
-        "ValidatingWebhookConfiguration": "/validate",
-    }
+        want = "/mutate" if kind == "MutatingWebhookConfiguration" else "/validate"
+        assert ref["path"] == want, hook["name"]
 
 
 def test_webhook_names_are_unique_and_qualified(objs):

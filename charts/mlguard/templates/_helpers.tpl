@@ -80,16 +80,33 @@ matchExpressions:
 {{- end }}
 {{- end }}
 
-{{/* Rules both webhooks share: CREATE of Pods and Jobs. */}}
-{{- define "mlguard.rules" -}}
-- apiGroups: [""]
-  apiVersions: ["v1"]
-  operations: ["CREATE"]
-  resources: ["pods"]
-  scope: Namespaced
-- apiGroups: ["batch"]
-  apiVersions: ["v1"]
-  operations: ["CREATE"]
-  resources: ["jobs"]
-  scope: Namespaced
+{{/* Settings every webhook shares. */}}
+{{- define "mlguard.webhookCommon" -}}
+admissionReviewVersions: ["v1"]
+sideEffects: None
+timeoutSeconds: {{ .timeout }}
+matchPolicy: Equivalent
+{{- end }}
+
+{{/* The Service every webhook calls, at `path`. */}}
+{{- define "mlguard.clientConfig" -}}
+clientConfig:
+  service:
+    name: mlguard
+    namespace: {{ .root.Release.Namespace }}
+    path: {{ .path }}
+    port: 443
+  {{- with .caBundle }}
+  caBundle: {{ . }}
+  {{- end }}
+{{- end }}
+
+{{/* The exemption selectors every webhook carries. */}}
+{{- define "mlguard.selectors" -}}
+namespaceSelector:
+  {{- include "mlguard.namespaceSelector" . | trim | nindent 2 }}
+{{- with include "mlguard.objectSelector" . | trim }}
+objectSelector:
+  {{- . | nindent 2 }}
+{{- end }}
 {{- end }}
