@@ -47,9 +47,15 @@ pub struct KindMatch {
 /// The GPU resource patterns and the kinds, read from a policy configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookMatch {
-    /// Exact names and prefixes (a pattern's trailing `*` removed), sorted.
+    /// Exact names and prefixes (a pattern's trailing `*` removed), sorted: the GPU resources,
+    /// and the shared-GPU resources the playbook's `sharing_isolation` names.
     exact: Vec<String>,
     prefixes: Vec<String>,
+    /// What reaches GPUs without asking for them (the playbook's `unrequested_access`): a
+    /// container's environment variable names, and host paths (exact, and prefixes).
+    device_env: Vec<String>,
+    device_paths: Vec<String>,
+    device_path_prefixes: Vec<String>,
     pub kinds: Vec<KindMatch>,
 }
 
@@ -87,6 +93,24 @@ impl WebhookMatch {
         }
         if patterns.is_empty() {
             return Err("gpu.resources names no GPU resource".into());
+        }
+        // The playbook's policies act on objects that reach GPUs in other ways: a shared GPU
+        // resource, a device variable, a host mount of the devices. They must reach the
+        // webhooks that fail closed too, or a deny-by-default policy could never fire.
+        let playbook = &config["playbook"];
+        patterns.extend(strings(&playbook["sharing_isolation"]["shared_resources"]));
+        let device_env: Vec<String> = strings(&playbook["unrequested_access"]["env"]);
+        let mut device_paths = Vec::new();
+        let mut device_path_prefixes = Vec::new();
+        for p in strings(&playbook["unrequested_access"]["host_paths"]) {
+            check_literal(&p)?;
+            match p.strip_suffix('*') {
+                Some(prefix) => device_path_prefixes.push(prefix.to_string()),
+                None => device_paths.push(p),
+            }
+        }
+        for e in &device_env {
+            check_literal(e)?;
         }
         let mut exact = Vec::new();
         let mut prefixes = Vec::new();
@@ -141,6 +165,9 @@ impl WebhookMatch {
         Ok(WebhookMatch {
             exact,
             prefixes,
+            device_env,
+            device_paths,
+            device_path_prefixes,
             kinds,
         })
     }
@@ -160,15 +187,42 @@ impl WebhookMatch {
     }
 
     /// The pod spec `s` has a container or init container with a GPU resource in its requests
-    /// or limits.
+    /// or limits, or one that reaches GPUs without asking (a device variable), or a host
+    /// mount of the GPU devices.
     fn pod_spec(&self, s: &str) -> String {
         let names = self.is_gpu_name("r");
-        let container = format!(
-            "has(c.resources) && ((has(c.resources.requests) && c.resources.requests.exists(r, {names})) || (has(c.resources.limits) && c.resources.limits.exists(r, {names})))"
+        let mut container = format!(
+            "(has(c.resources) && ((has(c.resources.requests) && c.resources.requests.exists(r, {names})) || (has(c.resources.limits) && c.resources.limits.exists(r, {names}))))"
         );
-        format!(
-            "((has({s}.containers) && {s}.containers.exists(c, {container})) || (has({s}.initContainers) && {s}.initContainers.exists(c, {container})))"
-        )
+        if !self.device_env.is_empty() {
+            let env = self
+                .device_env
+                .iter()
+                .map(|e| format!("e.name == '{e}'"))
+                .collect::<Vec<_>>()
+                .join(" || ");
+            container = format!("{container} || (has(c.env) && c.env.exists(e, {env}))");
+        }
+        let mut spec = format!(
+            "(has({s}.containers) && {s}.containers.exists(c, {container})) || (has({s}.initContainers) && {s}.initContainers.exists(c, {container}))"
+        );
+        let paths: Vec<String> = self
+            .device_paths
+            .iter()
+            .map(|p| format!("v.hostPath.path == '{p}'"))
+            .chain(
+                self.device_path_prefixes
+                    .iter()
+                    .map(|p| format!("v.hostPath.path.startsWith('{p}')")),
+            )
+            .collect();
+        if !paths.is_empty() {
+            spec = format!(
+                "{spec} || (has({s}.volumes) && {s}.volumes.exists(v, has(v.hostPath) && ({})))",
+                paths.join(" || ")
+            );
+        }
+        format!("({spec})")
     }
 
     /// has() of every step of `base.<path>`.
