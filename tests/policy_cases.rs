@@ -93,14 +93,28 @@ fn default_policies_compile_for_the_vm() {
         names,
         [
             "gpu_capacity",
+            "gpu_checkpoint_volume",
+            "gpu_cpu_memory",
+            "gpu_entitlement",
+            "gpu_job_backoff",
             "gpu_limits",
             "gpu_memory_limit",
             "gpu_node_affinity",
+            "gpu_node_spread",
+            "gpu_per_pod_cap",
+            "gpu_priority",
             "gpu_quota",
+            "gpu_readiness_probe",
+            "gpu_runtime_class",
+            "gpu_scratch_space",
+            "gpu_sharing_isolation",
             "gpu_shm",
+            "gpu_spot",
             "gpu_toleration",
+            "gpu_unrequested_access",
+            "gpu_whole_numbers",
             "job_deadline",
-            "job_lifecycle"
+            "job_lifecycle",
         ]
     );
 }
