@@ -10,6 +10,9 @@ fn main() -> ExitCode {
     mlguard::alloc::disable_transparent_huge_pages();
     let cli = Cli::parse();
     mlguard::logging::init(&cli.log);
+    if !matches!(cli.command, Command::Serve(_)) {
+        stop_quietly_when_the_reader_goes();
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Certs(args) => report(mlguard::certs::run(&args).map(|_| ExitCode::SUCCESS)),
@@ -29,6 +32,18 @@ fn main() -> ExitCode {
             mlguard::cli::completions(args.shell, &mut std::io::stdout().lock());
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// The commands that print (`audit`, `manifests`, `completions`, ...) end when their reader
+/// does, as `mlguard manifests match-conditions | head` expects, instead of panicking on the
+/// closed pipe. Rust ignores SIGPIPE so that a write reports the error; the server keeps that,
+/// since a client that goes away must never stop it.
+fn stop_quietly_when_the_reader_goes() {
+    // SAFETY: restoring the default disposition of one signal, before any thread is started;
+    // no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -491,3 +491,21 @@ fn bench_points_out_rules_read_through_a_package_import() {
     assert!(out.status.success(), "{t}");
     assert!(t.lines().any(|l| l == hints[0]), "{t}");
 }
+
+/// `mlguard manifests match-conditions | head`: a command whose reader goes away ends by the
+/// signal, as command-line tools do, instead of panicking on the closed pipe.
+#[test]
+fn a_printing_command_ends_quietly_when_its_reader_goes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlguard"))
+        .args(["manifests", "match-conditions"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the child writes a byte.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!output.status.success(), "the write cannot have succeeded");
+}
