@@ -18,8 +18,6 @@ namespace := object.get(input.review, "namespace", "")
 
 is_pod if kind == "Pod"
 
-is_job if kind == "Job"
-
 creating if input.review.operation == "CREATE"
 
 # What the validating policies find refuses a CREATE. An UPDATE of a workload that exists
@@ -30,9 +28,6 @@ updating_workload if {
 	input.review.operation == "UPDATE"
 	is_workload
 }
-
-# The pod spec of a Pod under review.
-pod_spec := obj.spec if is_pod
 
 # The pod templates under review, each {name, subject, metadata, spec, pods, gang_pods}: a Pod
 # is its own one template; a workload kind has the templates the kinds table finds

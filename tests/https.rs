@@ -93,12 +93,7 @@ async fn a_denial_is_http_200_with_status_403_naming_every_violation() {
         "{message}"
     );
     // Warnings travel with the denial: the memory limit, and the playbook's CPU request.
-    let warnings: Vec<&str> = response["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Json::as_str)
-        .collect();
+    let warnings = common::warnings_of(&response);
     assert!(
         warnings
             .iter()

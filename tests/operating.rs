@@ -217,12 +217,7 @@ async fn policy_directories_layer_over_the_defaults_and_each_is_watched() {
     let pod: Json = serde_json::from_slice(&fixture("gpu-pod-no-limit.json")).unwrap();
     let response = conn.review("/validate", &pod).await;
     assert_eq!(response["allowed"], true, "{response}");
-    let warnings: Vec<&str> = response["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Json::as_str)
-        .collect();
+    let warnings = common::warnings_of(&response);
     assert!(
         warnings.contains(&"[gpu_limits] limits are only advised here"),
         "{warnings:?}"

@@ -139,15 +139,8 @@ pub fn classify(object: &Json, default_namespace: &str, kinds: &WorkloadKinds) -
         }
         plan => plan,
     };
-    let workload = matches!(
-        (group, kind),
-        ("batch", "CronJob")
-            | (
-                "apps",
-                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
-            )
-            | ("", "ReplicationController")
-    );
+    let workload =
+        builtin_controller(group, kind) || (group, kind) == ("", "ReplicationController");
     match plan {
         Some(plan) => Manifest::Audit { id, plan },
         None if workload => Manifest::Invalid {

@@ -252,6 +252,19 @@ pub fn patch_of(response: &Json) -> Option<json_patch::Patch> {
     Some(serde_json::from_slice(&bytes).unwrap())
 }
 
+/// The warnings of a response, as kubectl prints them; none when it has none. A warning that
+/// is not a string fails the test.
+pub fn warnings_of(response: &Json) -> Vec<&str> {
+    match &response["warnings"] {
+        Json::Null => Vec::new(),
+        Json::Array(list) => list
+            .iter()
+            .map(|w| w.as_str().expect("a warning is a string"))
+            .collect(),
+        other => panic!("warnings is not a list: {other}"),
+    }
+}
+
 /// Applies the response's patch to `object`, as the API server does.
 pub fn apply(object: &Json, response: &Json) -> Json {
     let mut out = object.clone();
