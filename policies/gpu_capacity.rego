@@ -13,13 +13,15 @@ import data.mlguard.lib.workload.gang_need
 import data.mlguard.lib.workload.gpu_config
 import data.mlguard.lib.workload.is_gang
 import data.mlguard.lib.workload.is_workload
-import data.mlguard.lib.workload.matches
 import data.mlguard.lib.workload.pod_gpu_resources
 import data.mlguard.lib.workload.qty
 import data.mlguard.lib.workload.subject
-import data.mlguard.lib.workload.template_gpu_demand
-import data.mlguard.lib.workload.template_gpu_resources
+import data.mlguard.lib.workload.all_mode_keys
+import data.mlguard.lib.workload.capacity_origin
+import data.mlguard.lib.workload.is_device_key
+import data.mlguard.lib.workload.template_capacity_demand
 import data.mlguard.lib.workload.templates
+import data.mlguard.lib.workload.vendor_has
 import data.mlguard.lib.workload.updating_workload
 import rego.v1
 
@@ -63,8 +65,7 @@ of_requested_model(ti, _, _) if no_products(ti)
 of_requested_model(ti, r, node) if {
 	not no_products(ti)
 	some vendor in gpu_config.vendors
-	some p in vendor.resources
-	matches(p, r)
+	vendor_has(vendor, r)
 	object.get(node, ["labels", vendor.product_label], "") in template_products[ti]
 }
 
@@ -75,14 +76,13 @@ where(ti) := sprintf(" with GPU model %s", [concat(" or ", template_products[ti]
 findings contains msg if {
 	known
 	some ti, t in templates
-	some r in template_gpu_resources[ti]
-	asked := template_gpu_demand[ti].requests[r]
+	some r, asked in template_capacity_demand[ti]
 	most := largest(ti, r)
 	most > 0
 	asked > most
 	msg := sprintf(
-		"%s asks for %v %s in one pod, but the largest schedulable node%s offers %v; it would stay Pending forever: ask for at most %v per pod and spread the work over more pods",
-		[t.subject, asked, r, where(ti), most, most],
+		"%s asks for %v %s in one pod%s, but the largest schedulable node%s offers %v; it would stay Pending forever: ask for at most %v per pod and spread the work over more pods",
+		[t.subject, asked, r, capacity_origin(ti, r), where(ti), most, most],
 	)
 }
 
@@ -90,13 +90,12 @@ findings contains msg if {
 findings contains msg if {
 	known
 	some ti, t in templates
-	some r in template_gpu_resources[ti]
-	asked := template_gpu_demand[ti].requests[r]
+	some r, asked in template_capacity_demand[ti]
 	asked > 0
 	largest(ti, r) <= 0
 	msg := sprintf(
-		"%s asks for %v %s, but no schedulable node%s offers %s; it would stay Pending forever: ask for a GPU resource the cluster's nodes offer, or ask a cluster admin for nodes with %s",
-		[t.subject, asked, r, where(ti), r, r],
+		"%s asks for %v %s%s, but no schedulable node%s offers %s; it would stay Pending forever: ask for a GPU resource the cluster's nodes offer, or ask a cluster admin for nodes with %s",
+		[t.subject, asked, r, capacity_origin(ti, r), where(ti), r, r],
 	)
 }
 
@@ -119,6 +118,7 @@ findings contains msg if {
 	is_workload
 	is_gang
 	some r in pod_gpu_resources
+	countable_in_total(r)
 	need := gang_need("requests", r, all_templates)
 	total := cluster_total(r)
 	need.amount > total
@@ -126,6 +126,14 @@ findings contains msg if {
 		"%s needs %v %s at once (%s), but the schedulable nodes have %v in all%s; it can never run: make the gang smaller or ask a cluster admin for more GPU nodes",
 		[subject, need.amount, r, need.breakdown, total, autoscaler_note],
 	)
+}
+
+# Devices in allocationMode All are as many as a node has: a cluster total says nothing of them.
+countable_in_total(r) if not is_device_key(r)
+
+countable_in_total(r) if {
+	is_device_key(r)
+	count([ti | some ti, keys in all_mode_keys; r in keys]) == 0
 }
 
 autoscaler_note := "" if count(shapes) == 0

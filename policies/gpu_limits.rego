@@ -29,7 +29,7 @@ findings contains msg if {
 findings contains msg if {
 	some entry in containers
 	some r, asked in requests(entry.container)
-	r in entry.gpu
+	r in entry.extended
 	not limits(entry.container)[r]
 	msg := sprintf(
 		"%s: %s requests %v %s but sets no limit for it; GPUs are not overcommitted, so set resources.limits[%q] to %v",
@@ -40,7 +40,7 @@ findings contains msg if {
 findings contains msg if {
 	some entry in containers
 	some r, asked in requests(entry.container)
-	r in entry.gpu
+	r in entry.extended
 	limit := limits(entry.container)[r]
 	qty(asked) != qty(limit)
 	msg := sprintf(

@@ -47,7 +47,7 @@ findings contains msg if {
 findings contains msg if {
 	most := cap("max_per_container")
 	some entry in containers
-	some r in entry.gpu
+	some r in entry.extended
 	asked := request(entry.container, r)
 	asked > most
 	msg := sprintf(

@@ -14,7 +14,7 @@ import rego.v1
 
 findings contains msg if {
 	some entry in containers
-	some r in entry.gpu
+	some r in entry.extended
 	some field in ["requests", "limits"]
 	q := entry.container.resources[field][r]
 	n := qty(q)

@@ -78,32 +78,45 @@ gpu_name_prefixes contains trim_suffix(p, "*") if {
 	endswith(p, "*")
 }
 
-is_gpu(resource) if gpu_exact_names[resource]
+# An extended resource name (in a container's requests or limits) that is a GPU.
+is_extended_gpu(resource) if gpu_exact_names[resource]
 
-is_gpu(resource) if {
+is_extended_gpu(resource) if {
 	some prefix in gpu_name_prefixes
 	startswith(resource, prefix)
+}
+
+# A GPU resource: an extended resource, or the devices of a GPU DeviceClass (lib_dra.rego).
+is_gpu(resource) if is_extended_gpu(resource)
+
+is_gpu(resource) if {
+	is_device_key(resource)
+	is_gpu_class(device_class(resource))
 }
 
 requests(c) := object.get(c, ["resources", "requests"], {})
 
 limits(c) := object.get(c, ["resources", "limits"], {})
 
-gpu_resources(c) := {r | some r, _ in requests(c); is_gpu(r)} | {r | some r, _ in limits(c); is_gpu(r)}
+gpu_resources(c) := {r | some r, _ in requests(c); is_extended_gpu(r)} | {r | some r, _ in limits(c); is_extended_gpu(r)}
 
 is_gpu_container(c) if count(gpu_resources(c)) > 0
 
 # Every container and init container of every template, with where it sits (for messages
 # and patch paths) and the GPU resources it uses, worked out once per review: policies read
-# `entry.gpu` instead of calling gpu_resources again. An array, not a set: a set would compare
-# whole containers on every insert.
+# `entry.gpu` instead of calling gpu_resources again. `entry.gpu` holds the GPU extended
+# resources of its requests and limits and the device keys of the GPU claims it uses
+# (lib_dra.rego); `entry.extended` only the former, for the checks of requests and limits.
+# An array, not a set: a set would compare whole containers on every insert.
 containers := [container_entry(ti, t, field, i, c) |
 	some ti, t in templates
 	some field in ["containers", "initContainers"]
 	some i, c in object.get(t.spec, field, [])
 ]
 
-container_entry(ti, t, field, i, c) := {"template": ti, "subject": t.subject, "field": field, "index": i, "container": c, "gpu": gpu_resources(c)}
+container_entry(ti, t, field, i, c) := {"template": ti, "subject": t.subject, "field": field, "index": i, "container": c, "gpu": extended | container_claim_keys(ti, c), "extended": extended} if {
+	extended := gpu_resources(c)
+}
 
 describe(entry) := sprintf("container %q", [entry.container.name]) if entry.field == "containers"
 
@@ -115,14 +128,20 @@ pod_gpu_resources contains r if {
 	some r in entry.gpu
 }
 
+# And the GPU devices its claims ask for, used by a container or not: a pod's claims are
+# allocated on its node either way.
+pod_gpu_resources contains key if {
+	some keys in template_claim_keys
+	some key in keys
+}
+
 is_gpu_workload if count(pod_gpu_resources) > 0
 
 # The vendors whose resources the pod uses.
 used_vendors contains vendor if {
 	some vendor in gpu_config.vendors
 	some r in pod_gpu_resources
-	some p in vendor.resources
-	matches(p, r)
+	vendor_has(vendor, r)
 }
 
 # --- Quantities and demand -----------------------------------------------------------------
@@ -278,11 +297,25 @@ sidecar(c) := true if c.restartPolicy == "Always"
 
 sidecar(c) := false if not c.restartPolicy == "Always"
 
-# GPU resources each template's containers ask for, by template index.
-template_gpu_resources[ti] := rs if {
+# GPU resources each template's pods are charged for by ResourceQuota, by template index:
+# what its containers ask for, the devices of the claims made from its ResourceClaimTemplates,
+# and, where a DeviceClass stands for an extended resource (KEP-5004), the other name of the
+# same devices: ResourceQuota keeps `requests.nvidia.com/gpu` and
+# `gpu.nvidia.com.deviceclass.resource.k8s.io/devices` equal, so both count the pod's GPUs.
+template_gpu_resources[ti] := rs | linked if {
 	some ti, _ in templates
-	rs := {r | some entry in containers; entry.template == ti; some r in entry.gpu}
+	rs := template_extended[ti] | object.keys(template_claim_quota[ti])
+	linked := {other | some r in rs; some other in linked_names(r)}
 }
+
+# The GPU extended resources each template's containers ask for.
+template_extended[ti] := {r | some entry in containers; entry.template == ti; some r in entry.extended} if {
+	some ti, _ in templates
+}
+
+linked_names(r) := {device_key(class) | some class in mapped_classes(r)} if not is_device_key(r)
+
+linked_names(key) := {e | e := mapped_resource(device_class(key))} if is_device_key(key)
 
 # The demand of one pod of each template for each GPU resource it uses, by field ("requests",
 # "limits"): template_gpu_demand[ti][field][r]. Worked out once per review: a rule's value is
@@ -292,7 +325,29 @@ template_gpu_demand[ti] := per_field if {
 	some ti, t in templates
 	per_field := {field: per_resource |
 		some field in ["requests", "limits"]
-		per_resource := {r: d | some r in template_gpu_resources[ti]; d := demand(t.spec, r, field)}
+		per_resource := {r: d | some r in template_gpu_resources[ti]; d := resource_demand(ti, t, r, field)}
+	}
+}
+
+# A pod's demand of r: what its containers ask for plus the devices of its new claims, each
+# counted once under both names of a DeviceClass that stands for an extended resource.
+resource_demand(ti, t, r, field) := demand(t.spec, r, field) + sum([object.get(template_claim_quota[ti], key, 0) | some key in linked_names(r)]) if {
+	not is_device_key(r)
+}
+
+resource_demand(ti, t, key, field) := object.get(template_claim_quota[ti], key, 0) + sum([demand(t.spec, e, field) | some e in linked_names(key)]) if {
+	is_device_key(key)
+}
+
+# What one pod of each template needs of one node, by resource: the GPU extended resources
+# its containers request, and the devices of all its claims (shared ones too, allocationMode
+# All as the most one node offers). Nodes offer extended resources that a DeviceClass stands
+# for from ResourceSlices too (their allocatable, src/cluster/dra.rs), so each name is
+# checked against its own figure and nothing is counted twice.
+template_capacity_demand[ti] := object.union(extended, template_claim_capacity[ti]) if {
+	some ti, t in templates
+	extended := {r: demand(t.spec, r, "requests") |
+		some r in template_extended[ti]
 	}
 }
 

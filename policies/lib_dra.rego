@@ -1,0 +1,292 @@
+# GPUs requested through Dynamic Resource Allocation (resource.k8s.io/v1): a pod's
+# spec.resourceClaims name a ResourceClaimTemplate (each pod gets its own claim made from it)
+# or a ResourceClaim (shared by every pod that names it), whose requests ask for devices of a
+# DeviceClass. This file turns them into the same per-resource counts as `resources.limits`,
+# under the names ResourceQuota gives them: `<class>.deviceclass.resource.k8s.io/devices`
+# (a "device key"). The cluster's claims, templates, classes and per-node devices are in
+# data.mlguard.cluster.dra and in the nodes' allocatable (src/cluster/dra.rs).
+package mlguard.lib.workload
+
+import rego.v1
+
+dra_config := object.get(gpu_config, "dra", {})
+
+dra := object.get(data.mlguard.cluster, "dra", {})
+
+device_suffix := ".deviceclass.resource.k8s.io/devices"
+
+device_key(class) := concat("", [class, device_suffix])
+
+is_device_key(r) if endswith(r, device_suffix)
+
+device_class(key) := trim_suffix(key, device_suffix) if is_device_key(key)
+
+# --- Which classes are GPUs -----------------------------------------------------------------
+
+gpu_class_patterns contains p if {
+	some vendor in gpu_config.vendors
+	some p in object.get(vendor, "device_classes", [])
+}
+
+gpu_class_patterns contains p if some p in object.get(dra_config, "device_classes", [])
+
+# The extended resource a DeviceClass stands for (KEP-5004), when it names one.
+mapped_resource(class) := dra.device_classes[class].extended_resource_name
+
+# The classes that stand for extended resource r.
+mapped_classes(r) := {class |
+	some class, c in object.get(dra, "device_classes", {})
+	c.extended_resource_name == r
+}
+
+is_gpu_class(class) if {
+	some p in gpu_class_patterns
+	matches(p, class)
+}
+
+is_gpu_class(class) if is_extended_gpu(mapped_resource(class))
+
+# A vendor's GPUs: its resource names, its DeviceClasses, and classes that stand for its
+# resource names.
+vendor_has(vendor, r) if {
+	not is_device_key(r)
+	some p in vendor.resources
+	matches(p, r)
+}
+
+vendor_has(vendor, r) if {
+	is_device_key(r)
+	some p in object.get(vendor, "device_classes", [])
+	matches(p, device_class(r))
+}
+
+vendor_has(vendor, r) if {
+	is_device_key(r)
+	e := mapped_resource(device_class(r))
+	some p in vendor.resources
+	matches(p, e)
+}
+
+# --- A claim's requests ---------------------------------------------------------------------
+
+claim_requests(spec) := object.get(spec, ["devices", "requests"], [])
+
+# What one request may be given: its `exactly`, or each alternative of its `firstAvailable`,
+# with the API server's defaults (allocationMode ExactCount, count 1).
+alternatives(req) := [device_ask(req.exactly)] if is_object(req.exactly)
+
+alternatives(req) := [device_ask(s) | some s in object.get(req, "firstAvailable", [])] if not is_object(object.get(req, "exactly", null))
+
+device_ask(r) := {
+	"class": object.get(r, "deviceClassName", ""),
+	"mode": object.get(r, "allocationMode", "ExactCount"),
+	"count": object.get(r, "count", 1),
+	"admin": object.get(r, "adminAccess", false) == true,
+}
+
+claim_classes(spec) := {a.class |
+	some req in claim_requests(spec)
+	some a in alternatives(req)
+}
+
+# The classes the request named `name` may take devices of.
+request_classes(spec, name) := {a.class |
+	some req in claim_requests(spec)
+	req.name == name
+	some a in alternatives(req)
+}
+
+# What ResourceQuota charges a claim, per class, as the API server's evaluator does
+# (pkg/quota/v1/evaluator/core/resource_claims.go): ExactCount its count, All the 32 devices
+# an allocation holds at most (AllocationResultsMaxSize), an unknown mode nothing; a
+# firstAvailable request its largest alternative of each class; the requests add up.
+all_mode_quota := 32
+
+quota_charge(a) := a.count if a.mode == "ExactCount"
+
+quota_charge(a) := all_mode_quota if a.mode == "All"
+
+quota_charge(a) := 0 if not a.mode in {"ExactCount", "All"}
+
+claim_quota(spec) := {class: n |
+	some class in claim_classes(spec)
+	n := sum([largest_charge(req, class) |
+		some req in claim_requests(spec)
+		class in {a.class | some a in alternatives(req)}
+	])
+}
+
+largest_charge(req, class) := max([quota_charge(a) | some a in alternatives(req); a.class == class])
+
+# What a claim needs of one node, per class: ExactCount its count, All what the largest node
+# offers of the class (All takes every matching device of the node it lands on). A
+# firstAvailable request is left out: the scheduler takes whichever alternative fits, and
+# `unsatisfiable_requests` checks that one does.
+capacity_ask(a) := a.count if a.mode == "ExactCount"
+
+capacity_ask(a) := class_largest(a.class) if a.mode == "All"
+
+capacity_ask(a) := 0 if not a.mode in {"ExactCount", "All"}
+
+class_largest(class) := object.get(data.mlguard.cluster, ["largest_allocatable", device_key(class)], 0)
+
+exact_asks(spec) := [device_ask(req.exactly) |
+	some req in claim_requests(spec)
+	is_object(req.exactly)
+]
+
+claim_capacity(spec) := {class: n |
+	asks := exact_asks(spec)
+	some class in {a.class | some a in asks}
+	n := sum([capacity_ask(a) | some a in asks; a.class == class])
+}
+
+# Whether the cluster's ResourceSlices say how many devices of the class a node offers.
+capacity_known(class) if dra.capacity[class]
+
+# A firstAvailable request none of whose alternatives fits the largest node.
+unsatisfiable_requests(spec) := [req.name |
+	some req in claim_requests(spec)
+	not is_object(req.exactly)
+	alts := alternatives(req)
+	count(alts) > 0
+	count([a | some a in alts; not too_large(a)]) == 0
+]
+
+too_large(a) if {
+	a.mode == "ExactCount"
+	capacity_known(a.class)
+	a.count > class_largest(a.class)
+}
+
+# --- The claims of a pod --------------------------------------------------------------------
+
+claim_source(ref) := {"kind": "ResourceClaimTemplate", "name": ref.resourceClaimTemplateName, "shared": false} if ref.resourceClaimTemplateName
+
+claim_source(ref) := {"kind": "ResourceClaim", "name": ref.resourceClaimName, "shared": true} if {
+	not ref.resourceClaimTemplateName
+	ref.resourceClaimName
+}
+
+claim_collection("ResourceClaimTemplate") := "claim_templates"
+
+claim_collection("ResourceClaim") := "claims"
+
+# Each template's pod claims: {claim (its name in the pod), kind, name, shared, spec, known}.
+# A claim the cluster state does not hold has no spec and is `known: false`.
+template_claims[ti] := [object.union(src, {"claim": ref.name, "spec": spec, "known": spec != null}) |
+	some ref in object.get(templates[ti].spec, "resourceClaims", [])
+	src := claim_source(ref)
+	spec := object.get(dra, [claim_collection(src.kind), namespace, src.name, "spec"], null)
+] if {
+	some ti, _ in templates
+}
+
+# GPU devices each new pod of template ti adds to its namespace's quota, by device key: the
+# claims made from its templates. A ResourceClaim the pods share was charged once, when it
+# was created, and adds nothing.
+template_claim_quota[ti] := {device_key(class): sum([n | some [c, n] in charges; c == class]) |
+	some [class, _] in charges
+} if {
+	some ti, _ in templates
+	charges := [[class, n] |
+		some claim in template_claims[ti]
+		claim.known
+		not claim.shared
+		some class, n in claim_quota(claim.spec)
+		is_gpu_class(class)
+	]
+}
+
+# GPU devices one pod of template ti needs on its node, by device key: all its claims,
+# shared ones too.
+template_claim_capacity[ti] := {device_key(class): sum([n | some [c, n] in asks; c == class]) |
+	some [class, _] in asks
+} if {
+	some ti, _ in templates
+	asks := [[class, n] |
+		some claim in template_claims[ti]
+		claim.known
+		some class, n in claim_capacity(claim.spec)
+		is_gpu_class(class)
+	]
+}
+
+# The device keys of the GPU classes any claim of template ti may take devices of.
+template_claim_keys[ti] := {device_key(class) |
+	some claim in template_claims[ti]
+	claim.known
+	some class in claim_classes(claim.spec)
+	is_gpu_class(class)
+} if {
+	some ti, _ in templates
+}
+
+# The device keys a container reaches through `resources.claims`: a whole claim, or one
+# request of it.
+container_claim_keys(ti, c) := {device_key(class) |
+	some use in c.resources.claims
+	some claim in template_claims[ti]
+	claim.claim == use.name
+	claim.known
+	some class in used_classes(claim.spec, use)
+	is_gpu_class(class)
+}
+
+used_classes(spec, use) := request_classes(spec, use.request) if use.request
+
+used_classes(spec, use) := claim_classes(spec) if not use.request
+
+# Whether template ti asks for devices of key in allocationMode All (for messages, and for
+# the cluster-total check, which cannot count All).
+all_mode_keys[ti] := {device_key(a.class) |
+	some claim in template_claims[ti]
+	claim.known
+	some req in claim_requests(claim.spec)
+	some a in alternatives(req)
+	a.mode == "All"
+} if {
+	some ti, _ in templates
+}
+
+# "through ResourceClaimTemplate single-gpu", with what allocationMode All counts as.
+claim_origin(ti, key) := concat("", [
+	" (through ",
+	concat(", ", sort({sprintf("%s %s", [claim.kind, claim.name]) |
+		some claim in template_claims[ti]
+		claim.known
+		key in {device_key(class) | some class in claim_classes(claim.spec)}
+	})),
+	all_mode_note(ti, key),
+	")",
+]) if is_device_key(key)
+
+claim_origin(_, key) := "" if not is_device_key(key)
+
+all_mode_note(ti, key) := sprintf("; allocationMode All counts as %v devices, as the API server's ResourceQuota charges it", [all_mode_quota]) if key in all_mode_keys[ti]
+
+all_mode_note(ti, key) := "" if not key in all_mode_keys[ti]
+
+capacity_origin(ti, key) := concat("", [
+	" (through ",
+	concat(", ", sort({sprintf("%s %s", [claim.kind, claim.name]) |
+		some claim in template_claims[ti]
+		claim.known
+		key in {device_key(class) | some class in claim_classes(claim.spec)}
+	})),
+	all_mode_capacity_note(ti, key),
+	")",
+]) if is_device_key(key)
+
+capacity_origin(_, key) := "" if not is_device_key(key)
+
+all_mode_capacity_note(ti, key) := sprintf("; allocationMode All counts as the %v the largest node offers", [class_largest(device_class(key))]) if key in all_mode_keys[ti]
+
+all_mode_capacity_note(ti, key) := "" if not key in all_mode_keys[ti]
+
+# Claims the pod names that the cluster state does not hold, as "ResourceClaimTemplate ml/x".
+missing_claims contains sprintf("%s: %s %s/%s", [templates[ti].subject, claim.kind, namespace, claim.name]) if {
+	some ti, claims in template_claims
+	some claim in claims
+	not claim.known
+}
