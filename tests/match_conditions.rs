@@ -351,6 +351,39 @@ fn a_cpu_pod_is_not() {
     )));
 }
 
+#[test]
+fn pods_with_dra_claims_and_the_claims_themselves_go_to_the_gpu_webhooks() {
+    // Whether a claim is a GPU is in its DeviceClass, which CEL cannot read.
+    let claims = json!([{"name": "gpu", "resourceClaimTemplateName": "single-gpu"}]);
+    assert!(gpu(pod(json!({
+        "containers": [{"name": "c", "image": "img", "resources": {"claims": [{"name": "gpu"}]}}],
+        "resourceClaims": claims
+    }))));
+    assert!(gpu(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "ml"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "img"}],
+                                        "resourceClaims": claims}}}})));
+    for kind in ["ResourceClaim", "ResourceClaimTemplate"] {
+        assert!(gpu(json!({"apiVersion": "resource.k8s.io/v1", "kind": kind,
+            "metadata": {"name": "c", "namespace": "ml"}, "spec": {}})));
+    }
+    // An empty list is no claim.
+    assert!(!gpu(pod(
+        json!({"containers": [{"name": "c", "image": "img"}], "resourceClaims": []})
+    )));
+    let m = WebhookMatch::from_config(&default_config()).unwrap();
+    let rules = m.gpu_rules();
+    for resource in ["resourceclaims", "resourceclaimtemplates"] {
+        assert!(
+            rules.iter().any(|r| r.group == "resource.k8s.io"
+                && r.version == "v1"
+                && r.resource == resource
+                && !r.update),
+            "{resource}"
+        );
+    }
+}
+
 fn template(resources: Json) -> Json {
     json!({"spec": {"containers": [container(resources)]}})
 }

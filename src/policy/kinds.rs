@@ -33,10 +33,19 @@ pub struct WorkloadKinds {
     kinds: Vec<WorkloadKind>,
 }
 
+/// The claim kinds of Dynamic Resource Allocation: they decide which devices the pods that use
+/// them get, so the policies judge them (`gpu_claims.rego`) as they judge Pods.
+pub const CLAIM_KINDS: [(&str, &str, &str); 2] = [
+    ("resource.k8s.io", "ResourceClaim", "resourceclaims"),
+    ("resource.k8s.io", "ResourceClaimTemplate", "resourceclaimtemplates"),
+];
+
 impl WorkloadKinds {
-    /// Whether objects of this group and kind are judged as workloads. Pods always are.
+    /// Whether objects of this group and kind reach the policies. Pods and DRA claims always
+    /// do; workload kinds when the table names them.
     pub fn covers(&self, group: &str, kind: &str) -> bool {
         (group.is_empty() && kind == "Pod")
+            || CLAIM_KINDS.iter().any(|(g, k, _)| *g == group && *k == kind)
             || self
                 .kinds
                 .iter()

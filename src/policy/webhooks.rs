@@ -19,6 +19,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value as Json;
 
+use super::kinds::CLAIM_KINDS;
+
 /// One pod template location of a kind, as the table gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TemplateAt {
@@ -222,6 +224,10 @@ impl WebhookMatch {
                 paths.join(" || ")
             );
         }
+        // A pod with DRA claims: whether they are GPUs is in the claims and their DeviceClasses,
+        // which the API server's CEL cannot read, so every such pod goes to the webhooks that
+        // fail closed; the policies tell GPU claims from others.
+        spec = format!("{spec} || (has({s}.resourceClaims) && size({s}.resourceClaims) > 0)");
         format!("({spec})")
     }
 
@@ -319,6 +325,16 @@ impl WebhookMatch {
             "(request.kind.group == '' && request.kind.kind == 'Pod' && has(object.spec) && {})",
             self.pod_spec("object.spec")
         )];
+        // DRA claims and claim templates: all of them, for the same reason as pods with claims.
+        let claim_kinds = CLAIM_KINDS
+            .iter()
+            .map(|(_, kind, _)| format!("request.kind.kind == '{kind}'"))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        lines.push(format!(
+            "(request.kind.group == '{}' && ({claim_kinds}))",
+            CLAIM_KINDS[0].0
+        ));
         for k in &self.kinds {
             lines.push(format!(
                 "(request.kind.group == '{}' && request.kind.kind == '{}' && ({}))",
@@ -344,6 +360,7 @@ impl WebhookMatch {
     /// of the kinds whose demand an update can raise.
     pub fn gpu_rules(&self) -> Vec<Rule> {
         let mut rules = vec![Rule::pods()];
+        rules.extend(Rule::claims());
         rules.extend(self.kinds.iter().map(|k| Rule::of(k, k.update)));
         rules
     }
@@ -376,6 +393,21 @@ impl Rule {
             resource: "pods".into(),
             update: false,
         }
+    }
+
+    /// CREATE of ResourceClaims and ResourceClaimTemplates (their spec cannot change), in
+    /// resource.k8s.io/v1 only: matchPolicy Equivalent converts requests made in a beta
+    /// version, so the policies read one shape.
+    fn claims() -> Vec<Rule> {
+        CLAIM_KINDS
+            .iter()
+            .map(|(group, _, resource)| Rule {
+                group: group.to_string(),
+                version: "v1".into(),
+                resource: resource.to_string(),
+                update: false,
+            })
+            .collect()
     }
 
     fn of(kind: &KindMatch, update: bool) -> Rule {
