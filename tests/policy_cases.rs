@@ -94,6 +94,7 @@ fn default_policies_compile_for_the_vm() {
         [
             "gpu_capacity",
             "gpu_checkpoint_volume",
+            "gpu_claims",
             "gpu_cpu_memory",
             "gpu_entitlement",
             "gpu_job_backoff",
