@@ -184,7 +184,12 @@ def test_rules_follow_the_kinds_table(objs):
     mlguard gives a TTL whatever they run (a lifecycle ttl_seconds_after_finished that is not
     `set_default: false`)."""
     kinds = config()["workloads"]["kinds"]
-    gpu = {("", "v1", "pods"): ["CREATE"]}
+    # DRA claims and claim templates (resource.k8s.io/v1, CREATE: their spec is immutable).
+    gpu = {
+        ("", "v1", "pods"): ["CREATE"],
+        ("resource.k8s.io", "v1", "resourceclaims"): ["CREATE"],
+        ("resource.k8s.io", "v1", "resourceclaimtemplates"): ["CREATE"],
+    }
     gpu.update({(k["group"], "*", k["resource"]): ["CREATE", "UPDATE"] if k.get("update") else ["CREATE"] for k in kinds})
     ttl = {
         (k["group"], "*", k["resource"]): ["CREATE"]
