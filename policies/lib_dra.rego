@@ -21,6 +21,19 @@ is_device_key(r) if endswith(r, device_suffix)
 
 device_class(key) := trim_suffix(key, device_suffix) if is_device_key(key)
 
+# Whether any pod template of the object has claims. Most pods have none, and every helper
+# below that reads a pod's claims is skipped for them.
+any_claims if {
+	some t in templates
+	count(object.get(t.spec, "resourceClaims", [])) > 0
+}
+
+# The extended resources DeviceClasses stand for (KEP-5004).
+mapped_resources := {e |
+	some c in object.get(dra, "device_classes", {})
+	e := c.extended_resource_name
+}
+
 # --- Which classes are GPUs -----------------------------------------------------------------
 
 gpu_class_patterns contains p if {
@@ -286,6 +299,7 @@ all_mode_capacity_note(ti, key) := "" if not key in all_mode_keys[ti]
 
 # Claims the pod names that the cluster state does not hold, as "ResourceClaimTemplate ml/x".
 missing_claims contains sprintf("%s: %s %s/%s", [templates[ti].subject, claim.kind, namespace, claim.name]) if {
+	any_claims
 	some ti, claims in template_claims
 	some claim in claims
 	not claim.known

@@ -112,9 +112,19 @@ containers := [container_entry(ti, t, field, i, c) |
 	some ti, t in templates
 	some field in ["containers", "initContainers"]
 	some i, c in object.get(t.spec, field, [])
+] if {
+	not any_claims
+} else := [claim_user_entry(ti, t, field, i, c) |
+	some ti, t in templates
+	some field in ["containers", "initContainers"]
+	some i, c in object.get(t.spec, field, [])
 ]
 
-container_entry(ti, t, field, i, c) := {"template": ti, "subject": t.subject, "field": field, "index": i, "container": c, "gpu": extended | container_claim_keys(ti, c), "extended": extended} if {
+container_entry(ti, t, field, i, c) := {"template": ti, "subject": t.subject, "field": field, "index": i, "container": c, "gpu": extended, "extended": extended} if {
+	extended := gpu_resources(c)
+}
+
+claim_user_entry(ti, t, field, i, c) := {"template": ti, "subject": t.subject, "field": field, "index": i, "container": c, "gpu": extended | container_claim_keys(ti, c), "extended": extended} if {
 	extended := gpu_resources(c)
 }
 
@@ -131,6 +141,7 @@ pod_gpu_resources contains r if {
 # And the GPU devices its claims ask for, used by a container or not: a pod's claims are
 # allocated on its node either way.
 pod_gpu_resources contains key if {
+	any_claims
 	some keys in template_claim_keys
 	some key in keys
 }
@@ -141,6 +152,16 @@ is_gpu_workload if count(pod_gpu_resources) > 0
 used_vendors contains vendor if {
 	some vendor in gpu_config.vendors
 	some r in pod_gpu_resources
+	some p in vendor.resources
+	matches(p, r)
+}
+
+# A DRA GPU claim's vendor (lib_dra.rego).
+used_vendors contains vendor if {
+	any_claims
+	some vendor in gpu_config.vendors
+	some r in pod_gpu_resources
+	is_device_key(r)
 	vendor_has(vendor, r)
 }
 
@@ -302,11 +323,24 @@ sidecar(c) := false if not c.restartPolicy == "Always"
 # and, where a DeviceClass stands for an extended resource (KEP-5004), the other name of the
 # same devices: ResourceQuota keeps `requests.nvidia.com/gpu` and
 # `gpu.nvidia.com.deviceclass.resource.k8s.io/devices` equal, so both count the pod's GPUs.
+template_gpu_resources[ti] := rs if {
+	not any_claims
+	count(mapped_resources) == 0
+	some ti, _ in templates
+	rs := template_extended[ti]
+}
+
 template_gpu_resources[ti] := rs | linked if {
+	dra_in_play
 	some ti, _ in templates
 	rs := template_extended[ti] | object.keys(template_claim_quota[ti])
 	linked := {other | some r in rs; some other in linked_names(r)}
 }
+
+# Claims, or a DeviceClass that stands for an extended resource: DRA changes the counts.
+dra_in_play if any_claims
+
+dra_in_play if count(mapped_resources) > 0
 
 # The GPU extended resources each template's containers ask for.
 template_extended[ti] := {r | some entry in containers; entry.template == ti; some r in entry.extended} if {
@@ -331,11 +365,17 @@ template_gpu_demand[ti] := per_field if {
 
 # A pod's demand of r: what its containers ask for plus the devices of its new claims, each
 # counted once under both names of a DeviceClass that stands for an extended resource.
+resource_demand(ti, t, r, field) := demand(t.spec, r, field) if {
+	not dra_in_play
+}
+
 resource_demand(ti, t, r, field) := demand(t.spec, r, field) + sum([object.get(template_claim_quota[ti], key, 0) | some key in linked_names(r)]) if {
+	dra_in_play
 	not is_device_key(r)
 }
 
 resource_demand(ti, t, key, field) := object.get(template_claim_quota[ti], key, 0) + sum([demand(t.spec, e, field) | some e in linked_names(key)]) if {
+	dra_in_play
 	is_device_key(key)
 }
 
@@ -344,12 +384,17 @@ resource_demand(ti, t, key, field) := object.get(template_claim_quota[ti], key, 
 # All as the most one node offers). Nodes offer extended resources that a DeviceClass stands
 # for from ResourceSlices too (their allocatable, src/cluster/dra.rs), so each name is
 # checked against its own figure and nothing is counted twice.
-template_capacity_demand[ti] := object.union(extended, template_claim_capacity[ti]) if {
+template_capacity_demand[ti] := extended_capacity_demand(ti, t) if {
+	not any_claims
 	some ti, t in templates
-	extended := {r: demand(t.spec, r, "requests") |
-		some r in template_extended[ti]
-	}
 }
+
+template_capacity_demand[ti] := object.union(extended_capacity_demand(ti, t), template_claim_capacity[ti]) if {
+	any_claims
+	some ti, t in templates
+}
+
+extended_capacity_demand(ti, t) := {r: demand(t.spec, r, "requests") | some r in template_extended[ti]}
 
 # The demand of the Pod under review.
 pod_gpu_demand := template_gpu_demand[0] if is_pod
