@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
 use serde_json::{json, Map, Value as Json};
 
+use super::dra::{self, DraState};
 use super::quantity;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,6 +65,8 @@ pub struct ClusterState {
     pub namespaces: Arc<BTreeMap<String, NamespaceInfo>>,
     pub quotas: BTreeMap<Arc<str>, Arc<Vec<Quota>>>,
     pub nodes: Arc<BTreeMap<String, NodeInfo>>,
+    /// Dynamic Resource Allocation objects and the device capacity they give (`dra`).
+    pub dra: Arc<DraState>,
     /// Messages about objects that could not be read (bad quantities); logged, never fatal.
     pub problems: Vec<String>,
 }
@@ -183,6 +186,35 @@ impl ClusterState {
         );
     }
 
+    pub fn add_device_class(&mut self, class: &k8s_openapi::api::resource::v1::DeviceClass) {
+        Arc::make_mut(&mut self.dra).add_device_class(class);
+    }
+
+    pub fn add_resource_claim(&mut self, claim: &k8s_openapi::api::resource::v1::ResourceClaim) {
+        Arc::make_mut(&mut self.dra).add_claim(claim);
+    }
+
+    pub fn add_resource_claim_template(
+        &mut self,
+        template: &k8s_openapi::api::resource::v1::ResourceClaimTemplate,
+    ) {
+        Arc::make_mut(&mut self.dra).add_claim_template(template);
+    }
+
+    pub fn add_resource_slice(&mut self, slice: &k8s_openapi::api::resource::v1::ResourceSlice) {
+        Arc::make_mut(&mut self.dra).add_slice(slice, &mut self.problems);
+    }
+
+    /// DRA capacity from the slices added so far, merged into the nodes' allocatable (see
+    /// [`dra::finish`]). Every source calls it once, after adding all objects.
+    pub fn finish_dra(&mut self) {
+        dra::finish(
+            Arc::make_mut(&mut self.dra),
+            &mut self.nodes,
+            &mut self.problems,
+        );
+    }
+
     /// How many ResourceQuotas, over all namespaces.
     pub fn quota_count(&self) -> usize {
         self.quotas.values().map(|q| q.len()).sum()
@@ -282,6 +314,7 @@ impl ClusterState {
                 "largest_allocatable".into(),
                 Value::from(numbers(&self.largest_allocatable())),
             ),
+            ("dra".into(), Value::from(self.dra.to_json())),
         ])
     }
 
