@@ -10,6 +10,7 @@
 # On UPDATE a workload is never refused: its findings are warnings.
 package mlguard.policies.gpu_quota
 
+import data.mlguard.lib.workload.claim_origin
 import data.mlguard.lib.workload.containers
 import data.mlguard.lib.workload.creating
 import data.mlguard.lib.workload.gang_need
@@ -147,8 +148,8 @@ deny contains msg if {
 	per_pod := pod_gpu_demand[charge.field][charge.resource]
 	per_pod > remaining(charge)
 	msg := sprintf(
-		"%s asks for %v %s but namespace %s has %v left of its ResourceQuota %s (%s: hard %v, used %v); wait for running GPU pods to finish, ask for fewer, or ask a cluster admin for more quota",
-		[subject, per_pod, charge.resource, namespace, remaining(charge), charge.quota.name, charge.key, hard(charge), used(charge)],
+		"%s asks for %v %s%s but namespace %s has %v left of its ResourceQuota %s (%s: hard %v, used %v); wait for running GPU pods to finish, ask for fewer, or ask a cluster admin for more quota",
+		[subject, per_pod, charge.resource, claim_origin(0, charge.resource), namespace, remaining(charge), charge.quota.name, charge.key, hard(charge), used(charge)],
 	)
 }
 

@@ -262,23 +262,52 @@ all_mode_keys[ti] := {device_key(a.class) |
 	some ti, _ in templates
 }
 
-# "through ResourceClaimTemplate single-gpu", with what allocationMode All counts as.
-claim_origin(ti, key) := concat("", [
-	" (through ",
-	concat(", ", sort({sprintf("%s %s", [claim.kind, claim.name]) |
+# Where a pod's quota charge of r comes from, for messages: " (through ResourceClaimTemplate
+# x; allocationMode All counts as 32 devices, ...)" for a device key, and what the other name
+# of the same devices adds where a DeviceClass stands for an extended resource.
+claim_origin(ti, r) := "" if not dra_in_play
+
+claim_origin(ti, r) := concat("", [" (", concat("; ", parts), ")"]) if {
+	dra_in_play
+	parts := origin_parts(ti, r)
+	count(parts) > 0
+}
+
+claim_origin(ti, r) := "" if {
+	dra_in_play
+	count(origin_parts(ti, r)) == 0
+}
+
+origin_parts(ti, r) := array.concat(array.concat(claim_parts(ti, r), [all_mode_note(ti, r) | is_device_key(r); key_in_all_mode(ti, r)]), linked_parts(ti, r))
+
+claim_parts(ti, key) := [sprintf("through %s", [concat(", ", names)]) |
+	is_device_key(key)
+	names := sort({sprintf("%s %s", [claim.kind, claim.name]) |
 		some claim in template_claims[ti]
 		claim.known
+		not claim.shared
 		key in {device_key(class) | some class in claim_classes(claim.spec)}
-	})),
-	all_mode_note(ti, key),
-	")",
-]) if is_device_key(key)
+	})
+	count(names) > 0
+]
 
-claim_origin(_, key) := "" if not is_device_key(key)
+key_in_all_mode(ti, key) if key in all_mode_keys[ti]
 
-all_mode_note(ti, key) := sprintf("; allocationMode All counts as %v devices, as the API server's ResourceQuota charges it", [all_mode_quota]) if key in all_mode_keys[ti]
+all_mode_note(ti, key) := sprintf("allocationMode All counts as %v devices, as the API server's ResourceQuota charges it", [all_mode_quota])
 
-all_mode_note(ti, key) := "" if not key in all_mode_keys[ti]
+# The devices counted under the other name of the same GPUs.
+linked_parts(ti, r) := [sprintf("%v of them asked for as %s, which DeviceClass %s stands for", [n, e, device_class(r)]) |
+	is_device_key(r)
+	some e in linked_names(r)
+	n := demand(templates[ti].spec, e, "requests")
+	n > 0
+] if is_device_key(r)
+
+linked_parts(ti, r) := [sprintf("%v of them through claims of DeviceClass %s, which stands for %s", [n, device_class(key), r]) |
+	some key in linked_names(r)
+	n := object.get(template_claim_quota[ti], key, 0)
+	n > 0
+] if not is_device_key(r)
 
 capacity_origin(ti, key) := concat("", [
 	" (through ",
@@ -293,9 +322,9 @@ capacity_origin(ti, key) := concat("", [
 
 capacity_origin(_, key) := "" if not is_device_key(key)
 
-all_mode_capacity_note(ti, key) := sprintf("; allocationMode All counts as the %v the largest node offers", [class_largest(device_class(key))]) if key in all_mode_keys[ti]
+all_mode_capacity_note(ti, key) := sprintf("; allocationMode All counts as the %v the largest node offers", [class_largest(device_class(key))]) if key_in_all_mode(ti, key)
 
-all_mode_capacity_note(ti, key) := "" if not key in all_mode_keys[ti]
+all_mode_capacity_note(ti, key) := "" if not key_in_all_mode(ti, key)
 
 # Claims the pod names that the cluster state does not hold, as "ResourceClaimTemplate ml/x".
 missing_claims contains sprintf("%s: %s %s/%s", [templates[ti].subject, claim.kind, namespace, claim.name]) if {
