@@ -1,7 +1,10 @@
-//! Cluster state the policies read as `data.mlguard.cluster`: namespaces, ResourceQuotas and
-//! nodes, from snapshot files (`snapshot`) or, in a cluster, from watch caches (`watch`).
+//! Cluster state the policies read as `data.mlguard.cluster`: namespaces, ResourceQuotas,
+//! nodes and the Dynamic Resource Allocation objects (`dra`), from snapshot files
+//! (`snapshot`) or, in a cluster, from watch caches (`watch`).
 //!
 //! - `state`: the data model and its JSON form; `quantity`: Kubernetes quantities;
+//! - `dra`: DeviceClasses, ResourceClaims, ResourceClaimTemplates and ResourceSlices, cut to
+//!   what policies read, and the device capacity the classes' CEL selectors give;
 //! - `snapshot`: the state from YAML files; `list`: the state (and workloads) read once live;
 //! - `watch`: kube reflectors that keep the state current;
 //! - `usage` and `ledger`: what a pod is charged against quotas, and reservations for pods
@@ -12,6 +15,7 @@
 //! Plain data and watches: nothing here imports from the policy engine or the server.
 
 pub mod confirm;
+pub mod dra;
 pub mod ledger;
 pub mod list;
 pub mod quantity;

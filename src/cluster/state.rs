@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
 use serde_json::{json, Map, Value as Json};
 
+use super::dra::{self, DraState};
 use super::quantity;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,6 +65,8 @@ pub struct ClusterState {
     pub namespaces: Arc<BTreeMap<String, NamespaceInfo>>,
     pub quotas: BTreeMap<Arc<str>, Arc<Vec<Quota>>>,
     pub nodes: Arc<BTreeMap<String, NodeInfo>>,
+    /// Dynamic Resource Allocation objects and the device capacity they give (`dra`).
+    pub dra: Arc<DraState>,
     /// Messages about objects that could not be read (bad quantities); logged, never fatal.
     pub problems: Vec<String>,
 }
@@ -183,6 +186,47 @@ impl ClusterState {
         );
     }
 
+    pub fn add_device_class(&mut self, class: &k8s_openapi::api::resource::v1::DeviceClass) {
+        Arc::make_mut(&mut self.dra).add_device_class(class);
+    }
+
+    pub fn add_resource_claim(&mut self, claim: &k8s_openapi::api::resource::v1::ResourceClaim) {
+        Arc::make_mut(&mut self.dra).add_claim(claim);
+    }
+
+    pub fn add_resource_claim_template(
+        &mut self,
+        template: &k8s_openapi::api::resource::v1::ResourceClaimTemplate,
+    ) {
+        Arc::make_mut(&mut self.dra).add_claim_template(template);
+    }
+
+    pub fn add_resource_slice(&mut self, slice: &k8s_openapi::api::resource::v1::ResourceSlice) {
+        Arc::make_mut(&mut self.dra).add_slice(slice, &mut self.problems);
+    }
+
+    /// DRA capacity from the slices added so far, merged into the nodes' allocatable (see
+    /// [`dra::finish`] and [`dra::merge`]), so that `largest_allocatable` and the capacity
+    /// policies see devices offered through DRA. Every source (snapshot files, the watch's
+    /// rebuild, the one-time read) calls it once, after adding all objects.
+    pub fn finish_dra(&mut self) {
+        let nodes: BTreeMap<&str, bool> = self
+            .nodes
+            .iter()
+            .map(|(name, n)| (name.as_str(), n.unschedulable))
+            .collect();
+        let found = dra::finish(Arc::make_mut(&mut self.dra), &nodes, &mut self.problems);
+        if found.is_empty() {
+            return;
+        }
+        let nodes = Arc::make_mut(&mut self.nodes);
+        for devices in &found {
+            if let Some(node) = nodes.get_mut(&devices.node) {
+                dra::merge(&mut node.allocatable, devices);
+            }
+        }
+    }
+
     /// How many ResourceQuotas, over all namespaces.
     pub fn quota_count(&self) -> usize {
         self.quotas.values().map(|q| q.len()).sum()
@@ -282,6 +326,7 @@ impl ClusterState {
                 "largest_allocatable".into(),
                 Value::from(numbers(&self.largest_allocatable())),
             ),
+            ("dra".into(), Value::from(self.dra.to_json())),
         ])
     }
 
@@ -329,6 +374,16 @@ mod tests {
         }
         assert_eq!(s.largest_allocatable()["nvidia.com/gpu"], 4.0);
         assert_eq!(s.to_json()["node_count"], 3);
+    }
+
+    #[test]
+    fn the_dra_entry_is_there_when_empty() {
+        let j = ClusterState::default().to_json();
+        assert_eq!(
+            j["dra"],
+            json!({"device_classes": {}, "claim_templates": {}, "claims": {},
+                   "capacity": {}, "unknown_capacity": {}})
+        );
     }
 
     #[test]
