@@ -7,10 +7,63 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake_api::{cluster, key, namespace, node, quota, start_fake, write_kubeconfig};
+use common::fake_api::{
+    claim_template, cluster, gpu_slice, key, namespace, node, nvidia_device_classes, quota,
+    start_fake, write_kubeconfig,
+};
 use common::live::WAIT;
 use mlguard::cluster::list;
 use serde_json::{json, Value as Json};
+
+/// The DRA objects are read where resource.k8s.io/v1 is served, and the devices of the
+/// slices merged into the nodes; where it is not, the state is read as before, without a list
+/// of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_reads_include_the_dra_objects_where_served() {
+    let mut objects = cluster();
+    objects.extend(nvidia_device_classes());
+    objects.push(("resourceslices", gpu_slice("gpu-1", 4)));
+    objects.push((
+        "resourceclaimtemplates",
+        claim_template("ml", "one-gpu", "gpu.nvidia.com"),
+    ));
+    objects.push((
+        "resourceclaims",
+        json!({"metadata": {"name": "shared", "namespace": "ml"},
+               "spec": {"devices": {"requests": [{"name": "gpu",
+                   "exactly": {"deviceClassName": "mig.nvidia.com", "count": 2}}]}}}),
+    ));
+    let server = start_fake(objects).await;
+    server.open();
+    let client = server.client();
+    let state = tokio::time::timeout(WAIT, list::read_state(&client))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.dra.device_classes.len(), 2);
+    assert!(state.dra.claim_templates["ml"].contains_key("one-gpu"));
+    assert_eq!(state.dra.claims["ml"]["shared"].reserved_for, 0);
+    assert!(!state.dra.claims["ml"]["shared"].allocated);
+    assert_eq!(state.dra.capacity["gpu.nvidia.com"].largest, 4);
+    assert_eq!(
+        state.largest_allocatable()["gpu.nvidia.com.deviceclass.resource.k8s.io/devices"],
+        4.0
+    );
+
+    server.fake.serve_dra(false);
+    let state = tokio::time::timeout(WAIT, list::read_state(&client))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(state.dra.device_classes.is_empty());
+    assert_eq!(state.nodes.len(), 1);
+    assert_eq!(
+        server.fake.lists("deviceclasses"),
+        1,
+        "listed only while served"
+    );
+    assert_eq!(server.fake.discoveries(), 2);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_reads_for_the_audit_command() {

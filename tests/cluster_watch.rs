@@ -2,14 +2,19 @@
 //! tests/common/fake_api.rs (list, watch events, 410 Gone and relist, dropped connections, an
 //! outage). A `kube::Client` points at it over plain HTTP on 127.0.0.1, and the decisions are
 //! taken through the webhook router as the API server would send them; `mlguard serve
-//! --kubeconfig` is run in-process too. Every wait is bounded.
+//! --kubeconfig` is run in-process too. The DRA objects of resource.k8s.io/v1 are watched
+//! where the fake serves that group, and not asked for where it does not. Every wait is
+//! bounded.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fake_api::{cluster, namespace, node, quota, start_fake, write_kubeconfig, FakeServer};
+use common::fake_api::{
+    claim_template, cluster, gpu_slice, namespace, node, nvidia_device_classes, quota, start_fake,
+    write_kubeconfig, FakeServer,
+};
 use common::live::{fixture_pod_review, validate, validating_pod_review, WAIT};
 use mlguard::admission::Mode;
 use mlguard::cluster::watch::{self, WatchOptions};
@@ -62,14 +67,33 @@ fn options() -> WatchOptions {
     }
 }
 
+/// A policy that reads the DRA entry of the cluster document: a pod that names a
+/// ResourceClaimTemplate which does not exist in its namespace is denied.
+const CLAIM_TEMPLATE_POLICY: &str = r#"package mlguard.policies.claimtemplates
+
+import rego.v1
+
+deny contains msg if {
+	input.review.kind.kind == "Pod"
+	some claim in input.review.object.spec.resourceClaims
+	name := claim.resourceClaimTemplateName
+	not data.mlguard.cluster.dra.claim_templates[input.review.namespace][name]
+	msg := sprintf("ResourceClaimTemplate %v/%v does not exist", [input.review.namespace, name])
+}
+"#;
+
 fn start_mlguard(server: &FakeServer) -> Setup {
+    start_mlguard_with(server, "gpuquota.rego", POLICY)
+}
+
+fn start_mlguard_with(server: &FakeServer, file: &str, policy: &str) -> Setup {
     // RUST_LOG=mlguard=debug shows what the watch task does.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gpuquota.rego"), POLICY).unwrap();
+    std::fs::write(dir.path().join(file), policy).unwrap();
     let set = PolicySet::load(Origin::Directory(dir.path().to_path_buf()), Backend::Vm).unwrap();
     let evaluator = Evaluator::new(set, Arc::new(ClusterState::default())).unwrap();
     let mut app = Webhook::new(evaluator, Mode::Enforce, 64, None);
@@ -128,6 +152,35 @@ fn largest(app: &Webhook) -> Option<f64> {
         .get("nvidia.com/gpu")
         .copied()
 }
+
+/// A pod whose container uses a claim made from the ResourceClaimTemplate `template`.
+fn claim_pod_review(name: &str, template: &str) -> Vec<u8> {
+    let uid = NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("uid-{uid}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "ml", "operation": "CREATE", "name": name,
+            "userInfo": {"username": "alice"}, "dryRun": true,
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "ml", "uid": format!("pod-{uid}")},
+                "spec": {
+                    "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": template}],
+                    "containers": [{"name": "train", "image": "registry.example/train:1",
+                        "resources": {"claims": [{"name": "gpu"}]}}]}}
+        }
+    }))
+    .unwrap()
+}
+
+const DRA_RESOURCES: [&str; 4] = [
+    "deviceclasses",
+    "resourceclaims",
+    "resourceclaimtemplates",
+    "resourceslices",
+];
 
 async fn synced(server: &FakeServer) -> Setup {
     let setup = start_mlguard(server);
@@ -302,6 +355,149 @@ async fn an_unreachable_api_server_leaves_the_last_state_serving_and_ageing() {
             .is_some_and(|a| a <= 1)
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Dynamic Resource Allocation (resource.k8s.io/v1)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_template_created_after_start_reaches_the_next_decision() {
+    let server = start_fake(cluster()).await;
+    let setup = start_mlguard_with(&server, "claimtemplates.rego", CLAIM_TEMPLATE_POLICY);
+    server.open();
+    eventually("the first sync", || setup.app.health.readiness().is_ok()).await;
+    for resource in DRA_RESOURCES {
+        assert_eq!(server.fake.lists(resource), 1, "{resource}");
+    }
+    assert_eq!(server.fake.discoveries(), 1);
+
+    let (allowed, message) = validate(&setup.app, claim_pod_review("train-0", "one-gpu")).await;
+    assert!(!allowed);
+    assert!(
+        message.contains("ResourceClaimTemplate ml/one-gpu does not exist"),
+        "{message}"
+    );
+
+    server.fake.put(
+        "resourceclaimtemplates",
+        claim_template("ml", "one-gpu", "gpu.nvidia.com"),
+    );
+    eventually("the template in the published state", || {
+        let cluster = setup.app.published.load().cluster.clone();
+        cluster
+            .dra
+            .claim_templates
+            .get("ml")
+            .is_some_and(|t| t.contains_key("one-gpu"))
+    })
+    .await;
+    let cluster = setup.app.published.load().cluster.clone();
+    assert_eq!(
+        cluster.dra.claim_templates["ml"]["one-gpu"],
+        json!({"devices": {"requests": [{"name": "gpu",
+            "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}})
+    );
+    let (allowed, message) = validate(&setup.app, claim_pod_review("train-1", "one-gpu")).await;
+    assert!(allowed, "{message}");
+    // Another name is still unknown.
+    let (allowed, _) = validate(&setup.app, claim_pod_review("train-2", "eight-gpus")).await;
+    assert!(!allowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_slice_added_after_start_raises_the_largest_allocatable() {
+    let mut objects = cluster();
+    objects.extend(nvidia_device_classes());
+    let server = start_fake(objects).await;
+    let setup = synced(&server).await;
+    let key = "gpu.nvidia.com.deviceclass.resource.k8s.io/devices";
+    let largest_devices = |app: &Webhook| {
+        app.published
+            .load()
+            .cluster
+            .largest_allocatable()
+            .get(key)
+            .copied()
+    };
+    assert_eq!(largest_devices(&setup.app), None);
+    assert_eq!(
+        setup.app.published.load().cluster.dra.capacity["gpu.nvidia.com"].total,
+        0
+    );
+
+    server.fake.put("resourceslices", gpu_slice("gpu-1", 4));
+    eventually("the slice's devices", || {
+        largest_devices(&setup.app) == Some(4.0)
+    })
+    .await;
+    let cluster = setup.app.published.load().cluster.clone();
+    assert_eq!(cluster.dra.capacity["gpu.nvidia.com"].largest, 4);
+    assert_eq!(cluster.dra.capacity["mig.nvidia.com"].total, 0);
+    assert!(cluster.dra.unknown_capacity.is_empty());
+    assert_eq!(cluster.nodes["gpu-1"].allocatable[key], 4.0);
+    // The node's device-plugin GPUs are untouched.
+    assert_eq!(largest(&setup.app), Some(8.0));
+
+    // A node without the GPU slice yet: the largest stays, the slice of a bigger one raises it.
+    server.fake.put("nodes", node("gpu-2", 0));
+    server.fake.put("resourceslices", gpu_slice("gpu-2", 8));
+    eventually("the bigger node's devices", || {
+        largest_devices(&setup.app) == Some(8.0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_resource_k8s_io_mlguard_works_as_before_and_asks_only_discovery() {
+    let server = start_fake(cluster()).await;
+    server.fake.serve_dra(false);
+    let setup = start_mlguard(&server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(setup.app.health.readiness().is_err());
+
+    server.open();
+    eventually("the first sync", || setup.app.health.readiness().is_ok()).await;
+    assert_eq!(remaining(&setup.app), Some(4.0));
+    let (allowed, _) = validate(&setup.app, pod_review("small", 2, true)).await;
+    assert!(allowed);
+    let (allowed, message) = validate(&setup.app, pod_review("big", 5, true)).await;
+    assert!(!allowed);
+    assert!(message.contains("has 4 left"), "{message}");
+    server.fake.put("resourcequotas", quota(4, 3));
+    eventually("the quota change", || remaining(&setup.app) == Some(1.0)).await;
+
+    let cluster = setup.app.published.load().cluster.clone();
+    assert!(cluster.dra.device_classes.is_empty());
+    assert!(cluster.dra.claim_templates.is_empty());
+    assert_eq!(server.fake.discoveries(), 1);
+    for resource in DRA_RESOURCES {
+        assert_eq!(server.fake.lists(resource), 0, "{resource}");
+    }
+}
+
+/// An API server down when mlguard starts: discovery of resource.k8s.io/v1 fails with 503
+/// and is retried, not taken for "not served", so the DRA objects are watched once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_that_fails_at_start_is_retried() {
+    let mut objects = cluster();
+    objects.extend(nvidia_device_classes());
+    let server = start_fake(objects).await;
+    server.fake.set_down(true);
+    let setup = start_mlguard(&server);
+    server.open();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(setup.app.health.readiness().is_err());
+    assert_eq!(server.fake.discoveries(), 0);
+
+    server.fake.set_down(false);
+    eventually("the first sync", || setup.app.health.readiness().is_ok()).await;
+    assert_eq!(server.fake.discoveries(), 1);
+    let cluster = setup.app.published.load().cluster.clone();
+    assert_eq!(cluster.dra.device_classes.len(), 2);
+    for resource in DRA_RESOURCES {
+        assert_eq!(server.fake.lists(resource), 1, "{resource}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

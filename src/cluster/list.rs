@@ -1,7 +1,9 @@
 //! One-time reads from the API server (list, no watch), for commands that run once, such as
 //! `mlguard audit --cluster`, and the client set-up shared with the watch.
 //!
-//! - [`read_state`] needs list on resourcequotas, nodes and namespaces (the server's rules).
+//! - [`read_state`] needs list on resourcequotas, nodes and namespaces, and on
+//!   deviceclasses, resourceclaims, resourceclaimtemplates and resourceslices of
+//!   resource.k8s.io where that group version is served (the server's rules).
 //! - [`list_workloads`] needs list on pods and on jobs.batch as well, which the server does
 //!   not: grant it to whoever runs the audit, not to mlguard's ServiceAccount.
 
@@ -9,6 +11,9 @@ use std::path::Path;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota};
+use k8s_openapi::api::resource::v1::{
+    DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice,
+};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -34,6 +39,8 @@ pub enum ListError {
     Timeout(std::time::Duration),
     #[error("cannot start an async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot discover whether resource.k8s.io/v1 is served: {0}")]
+    Discovery(#[source] kube::Error),
     #[error("cannot list {what}: {source}")]
     List {
         what: &'static str,
@@ -117,7 +124,62 @@ pub async fn read_state(client: &Client) -> Result<ClusterState, ListError> {
     namespaces.iter().for_each(|n| state.add_namespace(n));
     quotas.iter().for_each(|q| state.add_quota(q));
     nodes.iter().for_each(|n| state.add_node(n));
+    if let Some(served) = dra_served(client).await? {
+        read_dra(client, &served, &mut state).await?;
+    }
+    state.finish_dra();
     Ok(state)
+}
+
+/// The DRA resources the API server serves, or None when it does not serve
+/// resource.k8s.io/v1 (a 404 on its discovery document): a cluster without DRA is read as
+/// before. Unlike the watch, which retries, a one-time read fails on any other error.
+async fn dra_served(client: &Client) -> Result<Option<Vec<String>>, ListError> {
+    match client
+        .list_api_group_resources(super::watch::DRA_GROUP_VERSION)
+        .await
+    {
+        Ok(list) => Ok(Some(list.resources.into_iter().map(|r| r.name).collect())),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            tracing::info!("resource.k8s.io/v1 is not served; DRA objects are not read");
+            Ok(None)
+        }
+        Err(e) => Err(ListError::Discovery(e)),
+    }
+}
+
+async fn read_dra(
+    client: &Client,
+    served: &[String],
+    state: &mut ClusterState,
+) -> Result<(), ListError> {
+    async fn list_if<K>(
+        client: &Client,
+        served: &[String],
+        what: &'static str,
+    ) -> Result<Vec<K>, ListError>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let resource = what.trim_end_matches(".resource.k8s.io");
+        match served.iter().any(|r| r == resource) {
+            true => list_all(Api::<K>::all(client.clone()), what, ListParams::default()).await,
+            false => Ok(Vec::new()),
+        }
+    }
+    let (classes, claims, templates, slices) = futures::try_join!(
+        list_if::<DeviceClass>(client, served, "deviceclasses.resource.k8s.io"),
+        list_if::<ResourceClaim>(client, served, "resourceclaims.resource.k8s.io"),
+        list_if::<ResourceClaimTemplate>(client, served, "resourceclaimtemplates.resource.k8s.io"),
+        list_if::<ResourceSlice>(client, served, "resourceslices.resource.k8s.io"),
+    )?;
+    classes.iter().for_each(|c| state.add_device_class(c));
+    claims.iter().for_each(|c| state.add_resource_claim(c));
+    templates
+        .iter()
+        .for_each(|t| state.add_resource_claim_template(t));
+    slices.iter().for_each(|s| state.add_resource_slice(s));
+    Ok(())
 }
 
 fn object_json<K: Serialize + ResourceExt>(mut object: K) -> Json {

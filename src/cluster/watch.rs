@@ -1,5 +1,7 @@
 //! Live cluster state: watch caches (kube reflectors) of ResourceQuotas (all namespaces),
-//! Nodes and Namespaces, turned into `data.mlguard.cluster` when they change.
+//! Nodes and Namespaces, and, where the API server serves resource.k8s.io/v1, of
+//! DeviceClasses, ResourceClaims, ResourceClaimTemplates and ResourceSlices, turned into
+//! `data.mlguard.cluster` when they change.
 //!
 //! - Rebuilds are debounced: the first change starts a window (100 ms, or twice the last
 //!   rebuild on a large cluster), and the state is rebuilt once at its end however many
@@ -9,7 +11,8 @@
 //!   that answer reviews, and are handed to a [`ClusterSink`]: the server's quota coordinator,
 //!   which adds the quota reservations of recently admitted pods and swaps the result in
 //!   atomically. The watch task knows nothing else of the server.
-//! - Readiness waits for the first complete list of all three kinds.
+//! - Readiness waits for the first complete list of every kind watched: the three core kinds,
+//!   and the four DRA kinds when discovery (once, at start) finds resource.k8s.io/v1 served.
 //! - When the API server becomes unreachable, the watchers retry with backoff while mlguard
 //!   keeps serving the last known state; it logs that, and the
 //!   `mlguard_cluster_state_age_seconds` gauge and the decision log say how old the state is.
@@ -19,9 +22,13 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::FusedFuture;
 use futures::stream::{BoxStream, SelectAll};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
+use k8s_openapi::api::resource::v1::{
+    DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice,
+};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::StreamBackoff;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -30,7 +37,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
-use super::ClusterState;
+use super::{dra, ClusterState};
 
 /// Where the watch task delivers what it learns. The server implements it (its quota
 /// coordinator); tests implement it to watch the task alone.
@@ -81,7 +88,22 @@ enum Kind {
     ResourceQuota,
     Node,
     Namespace,
+    DeviceClass,
+    ResourceClaim,
+    ResourceClaimTemplate,
+    ResourceSlice,
 }
+
+const CORE_KINDS: [Kind; 3] = [Kind::ResourceQuota, Kind::Node, Kind::Namespace];
+const DRA_KINDS: [Kind; 4] = [
+    Kind::DeviceClass,
+    Kind::ResourceClaim,
+    Kind::ResourceClaimTemplate,
+    Kind::ResourceSlice,
+];
+
+/// The group version of the DRA kinds, discovered once at start.
+pub const DRA_GROUP_VERSION: &str = "resource.k8s.io/v1";
 
 impl Kind {
     fn as_str(self) -> &'static str {
@@ -89,6 +111,18 @@ impl Kind {
             Kind::ResourceQuota => "resourcequotas",
             Kind::Node => "nodes",
             Kind::Namespace => "namespaces",
+            Kind::DeviceClass => "deviceclasses",
+            Kind::ResourceClaim => "resourceclaims",
+            Kind::ResourceClaimTemplate => "resourceclaimtemplates",
+            Kind::ResourceSlice => "resourceslices",
+        }
+    }
+
+    /// The resource as an RBAC rule names it, with its group.
+    fn rbac_name(self) -> String {
+        match self {
+            Kind::ResourceQuota | Kind::Node | Kind::Namespace => self.as_str().to_string(),
+            _ => format!("{}.resource.k8s.io", self.as_str()),
         }
     }
 }
@@ -139,7 +173,7 @@ fn describe(error: &watcher::Error, kind: Kind) -> String {
     match status {
         Some(403) => format!(
             "{error} (forbidden: mlguard's ServiceAccount needs list and watch on {}; see manifests/common/rbac.yaml)",
-            kind.as_str()
+            kind.rbac_name()
         ),
         Some(410) => format!("{error} (watch expired; relisting)"),
         _ => error.to_string(),
@@ -195,11 +229,30 @@ fn strip_node(node: &mut Node) {
     }
 }
 
-/// The cluster state from cached objects: the same model `--cluster-snapshot` files give.
+/// The cached DRA objects; empty where resource.k8s.io/v1 is not served.
+#[derive(Debug, Default, Clone)]
+pub struct DraObjects {
+    pub device_classes: Vec<Arc<DeviceClass>>,
+    pub claims: Vec<Arc<ResourceClaim>>,
+    pub claim_templates: Vec<Arc<ResourceClaimTemplate>>,
+    pub slices: Vec<Arc<ResourceSlice>>,
+}
+
+/// The cluster state from cached objects, without DRA objects.
 pub fn build_state(
     quotas: &[Arc<ResourceQuota>],
     nodes: &[Arc<Node>],
     namespaces: &[Arc<Namespace>],
+) -> ClusterState {
+    build_state_with_dra(quotas, nodes, namespaces, &DraObjects::default())
+}
+
+/// The cluster state from cached objects: the same model `--cluster-snapshot` files give.
+pub fn build_state_with_dra(
+    quotas: &[Arc<ResourceQuota>],
+    nodes: &[Arc<Node>],
+    namespaces: &[Arc<Namespace>],
+    dra: &DraObjects,
 ) -> ClusterState {
     let mut state = ClusterState::default();
     for ns in namespaces {
@@ -211,6 +264,15 @@ pub fn build_state(
     for node in nodes {
         state.add_node(node);
     }
+    dra.device_classes
+        .iter()
+        .for_each(|c| state.add_device_class(c));
+    dra.claims.iter().for_each(|c| state.add_resource_claim(c));
+    dra.claim_templates
+        .iter()
+        .for_each(|t| state.add_resource_claim_template(t));
+    dra.slices.iter().for_each(|s| state.add_resource_slice(s));
+    state.finish_dra();
     state
 }
 
@@ -225,12 +287,18 @@ struct KindHealth {
 #[derive(Debug, Default)]
 struct WatchHealth {
     kinds: BTreeMap<Kind, KindHealth>,
+    /// The kinds watched; None until discovery says whether the DRA kinds are served.
+    expected: Option<Vec<Kind>>,
     last_stale_warning: Option<Instant>,
 }
 
 impl WatchHealth {
     fn all_synced(&self) -> bool {
-        self.kinds.len() == 3 && self.kinds.values().all(|k| k.synced)
+        self.expected.as_ref().is_some_and(|expected| {
+            expected
+                .iter()
+                .all(|k| self.kinds.get(k).is_some_and(|h| h.synced))
+        })
     }
 
     /// Since when the state may be stale: the oldest failure that has not recovered.
@@ -311,8 +379,129 @@ impl WatchHealth {
     }
 }
 
-/// Watches quotas, nodes and namespaces with `client` and hands each rebuilt state to `sink`
-/// until `stop` fires.
+/// The reflector stores the state is built from.
+#[derive(Clone)]
+struct Stores {
+    quotas: Store<ResourceQuota>,
+    nodes: Store<Node>,
+    namespaces: Store<Namespace>,
+    device_classes: Store<DeviceClass>,
+    claims: Store<ResourceClaim>,
+    claim_templates: Store<ResourceClaimTemplate>,
+    slices: Store<ResourceSlice>,
+}
+
+/// The writers of the DRA stores, until discovery says which kinds to watch.
+struct DraWriters {
+    device_classes: reflector::store::Writer<DeviceClass>,
+    claims: reflector::store::Writer<ResourceClaim>,
+    claim_templates: reflector::store::Writer<ResourceClaimTemplate>,
+    slices: reflector::store::Writer<ResourceSlice>,
+}
+
+impl DraWriters {
+    /// The event streams of the `served` DRA kinds.
+    fn streams(
+        self,
+        client: &Client,
+        served: &[Kind],
+        options: &WatchOptions,
+    ) -> Vec<BoxStream<'static, (Kind, Signal)>> {
+        let mut out = Vec::new();
+        if served.contains(&Kind::DeviceClass) {
+            let strip = dra::strip_device_class;
+            out.push(events(
+                Api::all(client.clone()),
+                Kind::DeviceClass,
+                self.device_classes,
+                options,
+                strip,
+            ));
+        }
+        if served.contains(&Kind::ResourceClaim) {
+            let strip = dra::strip_claim;
+            out.push(events(
+                Api::all(client.clone()),
+                Kind::ResourceClaim,
+                self.claims,
+                options,
+                strip,
+            ));
+        }
+        if served.contains(&Kind::ResourceClaimTemplate) {
+            let (kind, strip) = (Kind::ResourceClaimTemplate, dra::strip_claim_template);
+            out.push(events(
+                Api::all(client.clone()),
+                kind,
+                self.claim_templates,
+                options,
+                strip,
+            ));
+        }
+        if served.contains(&Kind::ResourceSlice) {
+            let strip = dra::strip_slice;
+            out.push(events(
+                Api::all(client.clone()),
+                Kind::ResourceSlice,
+                self.slices,
+                options,
+                strip,
+            ));
+        }
+        out
+    }
+}
+
+/// Which DRA kinds the API server serves, asked once at start (`GET /apis/resource.k8s.io/v1`).
+/// A 404 means the group version is not served: the DRA kinds are not watched, and readiness
+/// waits for the core kinds alone, as on clusters before DRA. Any other failure (the API
+/// server down or restarting at start, a 5xx, a timeout) is retried with the watch backoff
+/// rather than taken for "not served": giving up would leave the DRA objects unwatched until
+/// mlguard restarts, policies silently seeing no claims, templates or devices. Readiness
+/// waits for the answer, as it waits for the first lists, which fail meanwhile anyway.
+/// A group version that appears later (an upgrade of the control plane) is seen at mlguard's
+/// next start.
+async fn discover_dra(client: Client, options: WatchOptions) -> Vec<Kind> {
+    let mut backoff = Backoff {
+        min: options.backoff_min,
+        max: options.backoff_max,
+        next: options.backoff_min,
+    };
+    let mut failing = false;
+    loop {
+        match client.list_api_group_resources(DRA_GROUP_VERSION).await {
+            Ok(list) => {
+                let served: Vec<Kind> = DRA_KINDS
+                    .into_iter()
+                    .filter(|k| list.resources.iter().any(|r| r.name == k.as_str()))
+                    .collect();
+                let names: Vec<&str> = served.iter().map(|k| k.as_str()).collect();
+                tracing::info!(
+                    kinds = ?names,
+                    "{DRA_GROUP_VERSION} is served; watching its DRA objects"
+                );
+                return served;
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                tracing::info!("{DRA_GROUP_VERSION} is not served; DRA objects are not watched");
+                return Vec::new();
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error,
+                        "cannot discover whether {DRA_GROUP_VERSION} is served; retrying");
+                } else {
+                    tracing::debug!(%error, "discovery of {DRA_GROUP_VERSION} still failing");
+                }
+                failing = true;
+                tokio::time::sleep(backoff.next().unwrap_or(options.backoff_max)).await;
+            }
+        }
+    }
+}
+
+/// Watches quotas, nodes and namespaces, and the DRA objects where served, with `client` and
+/// hands each rebuilt state to `sink` until `stop` fires.
 pub fn spawn(
     client: Client,
     sink: Arc<dyn ClusterSink>,
@@ -322,6 +511,26 @@ pub fn spawn(
     let (quotas, quota_writer) = reflector::store::<ResourceQuota>();
     let (nodes, node_writer) = reflector::store::<Node>();
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
+    let (device_classes, class_writer) = reflector::store::<DeviceClass>();
+    let (claims, claim_writer) = reflector::store::<ResourceClaim>();
+    let (claim_templates, template_writer) = reflector::store::<ResourceClaimTemplate>();
+    let (slices, slice_writer) = reflector::store::<ResourceSlice>();
+    let stores = Stores {
+        quotas,
+        nodes,
+        namespaces,
+        device_classes,
+        claims,
+        claim_templates,
+        slices,
+    };
+    let mut dra_writers = Some(DraWriters {
+        device_classes: class_writer,
+        claims: claim_writer,
+        claim_templates: template_writer,
+        slices: slice_writer,
+    });
+    let mut discovery = discover_dra(client.clone(), options.clone()).boxed().fuse();
     let mut stream: SelectAll<BoxStream<'static, (Kind, Signal)>> = futures::stream::select_all([
         events(
             Api::all(client.clone()),
@@ -338,7 +547,7 @@ pub fn spawn(
             strip_node,
         ),
         events(
-            Api::all(client),
+            Api::all(client.clone()),
             Kind::Namespace,
             namespace_writer,
             &options,
@@ -365,6 +574,15 @@ pub fn spawn(
             };
             tokio::select! {
                 _ = stop.changed() => break,
+                served = &mut discovery, if !discovery.is_terminated() => {
+                    if let Some(writers) = dra_writers.take() {
+                        for events in writers.streams(&client, &served, &options) {
+                            stream.push(events);
+                        }
+                    }
+                    health.expected = Some(CORE_KINDS.into_iter().chain(served).collect());
+                    dirty_since.get_or_insert_with(Instant::now);
+                }
                 item = stream.next() => match item {
                     Some((kind, signal)) => {
                         if health.record(kind, signal, Instant::now()) {
@@ -380,15 +598,13 @@ pub fn spawn(
                 if health.all_synced() && now >= t + window {
                     dirty_since = None;
                     let sink = sink.clone();
-                    let stores = (quotas.clone(), nodes.clone(), namespaces.clone());
+                    let stores = stores.clone();
                     let mut known = std::mem::take(&mut problems);
                     let first = !synced_once;
                     // Milliseconds to a fraction of a second of CPU: off the async workers,
                     // which answer reviews meanwhile.
                     let job = tokio::task::spawn_blocking(move || {
-                        rebuild(
-                            &*sink, &stores.0, &stores.1, &stores.2, &mut known, first, now,
-                        );
+                        rebuild(&*sink, &stores, &mut known, first, now);
                         known
                     });
                     match job.await {
@@ -419,14 +635,24 @@ pub fn spawn(
 /// since the watch started: the caches have synced.
 fn rebuild(
     sink: &dyn ClusterSink,
-    quotas: &Store<ResourceQuota>,
-    nodes: &Store<Node>,
-    namespaces: &Store<Namespace>,
+    stores: &Stores,
     problems: &mut Vec<String>,
     first: bool,
     now: Instant,
 ) {
-    let state = build_state(&quotas.state(), &nodes.state(), &namespaces.state());
+    let dra = DraObjects {
+        device_classes: stores.device_classes.state(),
+        claims: stores.claims.state(),
+        claim_templates: stores.claim_templates.state(),
+        slices: stores.slices.state(),
+    };
+    let state = build_state_with_dra(
+        &stores.quotas.state(),
+        &stores.nodes.state(),
+        &stores.namespaces.state(),
+        &dra,
+    );
+    drop(dra);
     if state.problems != *problems {
         for problem in state.problems.iter().filter(|p| !problems.contains(p)) {
             tracing::warn!(problem, "cluster state: object skipped in part");
@@ -437,6 +663,8 @@ fn rebuild(
         state.namespaces.len(),
         state.quota_count(),
         state.nodes.len(),
+        state.dra.device_classes.len(),
+        state.dra.claims.values().map(|c| c.len()).sum::<usize>(),
     );
     sink.publish(state, now);
     sink.fresh(crate::tls::now());
@@ -445,6 +673,8 @@ fn rebuild(
             namespaces = counts.0,
             quotas = counts.1,
             nodes = counts.2,
+            device_classes = counts.3,
+            resource_claims = counts.4,
             "live cluster state synced"
         );
     } else {
@@ -452,6 +682,8 @@ fn rebuild(
             namespaces = counts.0,
             quotas = counts.1,
             nodes = counts.2,
+            device_classes = counts.3,
+            resource_claims = counts.4,
             "live cluster state rebuilt"
         );
     }
@@ -478,7 +710,10 @@ mod tests {
     #[test]
     fn health_waits_for_all_kinds_and_tracks_failures() {
         let now = Instant::now();
-        let mut h = WatchHealth::default();
+        let mut h = WatchHealth {
+            expected: Some(CORE_KINDS.to_vec()),
+            ..Default::default()
+        };
         assert!(!h.record(Kind::Node, Signal::Listing, now));
         assert!(h.record(Kind::Node, Signal::Synced, now));
         assert!(h.record(Kind::Namespace, Signal::Synced, now));
@@ -492,6 +727,30 @@ mod tests {
     }
 
     #[test]
+    fn readiness_waits_for_discovery_and_then_for_the_dra_kinds_served() {
+        let now = Instant::now();
+        let mut h = WatchHealth::default();
+        for kind in CORE_KINDS {
+            h.record(kind, Signal::Synced, now);
+        }
+        assert!(!h.all_synced(), "synced before discovery answered");
+        h.expected = Some(CORE_KINDS.into_iter().chain(DRA_KINDS).collect());
+        assert!(!h.all_synced());
+        for kind in DRA_KINDS {
+            h.record(kind, Signal::Synced, now);
+        }
+        assert!(h.all_synced());
+        let mut without = WatchHealth {
+            expected: Some(CORE_KINDS.to_vec()),
+            ..Default::default()
+        };
+        for kind in CORE_KINDS {
+            without.record(kind, Signal::Synced, now);
+        }
+        assert!(without.all_synced());
+    }
+
+    #[test]
     fn forbidden_names_the_rbac_rule() {
         let status = kube::core::Status::failure("nodes is forbidden", "Forbidden").with_code(403);
         let msg = describe(
@@ -499,6 +758,17 @@ mod tests {
             Kind::Node,
         );
         assert!(msg.contains("list and watch on nodes"), "{msg}");
+        let status =
+            kube::core::Status::failure("resourceslices.resource.k8s.io is forbidden", "Forbidden")
+                .with_code(403);
+        let msg = describe(
+            &watcher::Error::InitialListFailed(kube::Error::Api(status.boxed())),
+            Kind::ResourceSlice,
+        );
+        assert!(
+            msg.contains("list and watch on resourceslices.resource.k8s.io"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! resourceVersion, watch streams of ADDED / MODIFIED / DELETED events as JSON lines, an ERROR
 //! event with code 410 once the history is compacted (forcing a relist), dropped connections,
 //! and an outage. It serves plain HTTP on 127.0.0.1; a `kube::Client` or a kubeconfig points at
-//! it. Also the cluster objects the tests put in it.
+//! it. It serves the core kinds, Jobs, and the DRA kinds of resource.k8s.io/v1 with that group
+//! version's discovery document, or, after `serve_dra(false)`, a cluster without that group:
+//! 404 on its discovery and on its paths, as the API server answers for a group it does not
+//! serve. Also the cluster objects the tests put in it.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
@@ -42,6 +45,10 @@ struct Inner {
     down: bool,
     /// GETs of one object are refused with 403, as without the RBAC rule.
     forbid_gets: bool,
+    /// resource.k8s.io/v1 is not served.
+    no_dra: bool,
+    /// GETs of the discovery document of resource.k8s.io/v1.
+    discoveries: usize,
 }
 
 #[derive(Clone)]
@@ -86,8 +93,51 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "namespaces" => ("v1", "Namespace"),
         "pods" => ("v1", "Pod"),
         "jobs" => ("batch/v1", "Job"),
+        "deviceclasses" => ("resource.k8s.io/v1", "DeviceClass"),
+        "resourceclaims" => ("resource.k8s.io/v1", "ResourceClaim"),
+        "resourceclaimtemplates" => ("resource.k8s.io/v1", "ResourceClaimTemplate"),
+        "resourceslices" => ("resource.k8s.io/v1", "ResourceSlice"),
         other => panic!("fake API server: unknown resource {other}"),
     }
+}
+
+/// The DRA resources: name, kind, namespaced.
+const DRA_RESOURCES: [(&str, &str, bool); 4] = [
+    ("deviceclasses", "DeviceClass", false),
+    ("resourceclaims", "ResourceClaim", true),
+    ("resourceclaimtemplates", "ResourceClaimTemplate", true),
+    ("resourceslices", "ResourceSlice", false),
+];
+
+/// `GET /apis/resource.k8s.io/v1`, as the API server answers it (less the status
+/// subresources' details and the short names).
+fn dra_discovery() -> Json {
+    let verbs = [
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ];
+    let mut resources: Vec<Json> = DRA_RESOURCES
+        .iter()
+        .map(|(name, kind, namespaced)| {
+            json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": namespaced,
+                   "kind": kind, "verbs": verbs, "storageVersionHash": "fake"})
+        })
+        .collect();
+    resources.push(json!({"name": "resourceclaims/status", "singularName": "",
+        "namespaced": true, "kind": "ResourceClaim", "verbs": ["get", "patch", "update"]}));
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "resource.k8s.io/v1",
+           "resources": resources})
+}
+
+/// The 404 of a path the API server does not serve: plain text, not a Status.
+fn page_not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
 
 fn resource_name(resource: &str) -> &'static str {
@@ -97,6 +147,10 @@ fn resource_name(resource: &str) -> &'static str {
         "namespaces" => "namespaces",
         "pods" => "pods",
         "jobs" => "jobs",
+        "deviceclasses" => "deviceclasses",
+        "resourceclaims" => "resourceclaims",
+        "resourceclaimtemplates" => "resourceclaimtemplates",
+        "resourceslices" => "resourceslices",
         other => panic!("fake API server: unknown resource {other}"),
     }
 }
@@ -234,6 +288,17 @@ impl Fake {
         }
     }
 
+    /// Serves resource.k8s.io/v1 (the default) or answers 404 for it, as a cluster without
+    /// DRA does.
+    pub fn serve_dra(&self, served: bool) {
+        self.lock().no_dra = !served;
+    }
+
+    /// How many times the discovery document of resource.k8s.io/v1 was asked for.
+    pub fn discoveries(&self) -> usize {
+        self.lock().discoveries
+    }
+
     pub fn lists(&self, resource: &str) -> usize {
         self.lock().lists.get(resource).copied().unwrap_or(0)
     }
@@ -346,6 +411,20 @@ async fn serve_fake(State(fake): State<Fake>, uri: Uri) -> Response {
     let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
     let rest = match parts.as_slice() {
         ["api", "v1", rest @ ..] | ["apis", "batch", "v1", rest @ ..] => rest,
+        ["apis", "resource.k8s.io", "v1", rest @ ..] => {
+            let mut inner = fake.lock();
+            if inner.no_dra {
+                if rest.is_empty() {
+                    inner.discoveries += 1;
+                }
+                return page_not_found();
+            }
+            if rest.is_empty() {
+                inner.discoveries += 1;
+                return axum::Json(dra_discovery()).into_response();
+            }
+            rest
+        }
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let (namespace, resource) = match rest {
@@ -417,6 +496,46 @@ pub fn quota(hard: u32, used: u32) -> Json {
            "spec": {"hard": {"requests.nvidia.com/gpu": hard.to_string()}},
            "status": {"hard": {"requests.nvidia.com/gpu": hard.to_string()},
                       "used": {"requests.nvidia.com/gpu": used.to_string()}}})
+}
+
+/// NVIDIA's GPU DRA driver's DeviceClasses.
+pub fn nvidia_device_classes() -> Vec<(&'static str, Json)> {
+    ["gpu", "mig"]
+        .into_iter()
+        .map(|t| {
+            let expression = format!(
+                "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == '{t}'"
+            );
+            (
+                "deviceclasses",
+                json!({"metadata": {"name": format!("{t}.nvidia.com")},
+                       "spec": {"selectors": [{"cel": {"expression": expression}}]}}),
+            )
+        })
+        .collect()
+}
+
+/// A ResourceSlice of `gpus` GPUs on `node`, as NVIDIA's driver publishes it.
+pub fn gpu_slice(node: &str, gpus: u32) -> Json {
+    let devices: Vec<Json> = (0..gpus)
+        .map(|i| {
+            json!({"name": format!("gpu-{i}"), "attributes": {"type": {"string": "gpu"},
+                "index": {"int": i}, "productName": {"string": "NVIDIA H100 80GB HBM3"}},
+                "capacity": {"memory": {"value": "80Gi"}}})
+        })
+        .collect();
+    json!({"metadata": {"name": format!("{node}-gpu.nvidia.com"),
+                        "managedFields": [{"manager": "gpu-kubelet-plugin"}]},
+           "spec": {"driver": "gpu.nvidia.com", "nodeName": node,
+                    "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                    "devices": devices}})
+}
+
+/// A ResourceClaimTemplate of one GPU of `class` in `namespace`.
+pub fn claim_template(namespace: &str, name: &str, class: &str) -> Json {
+    json!({"metadata": {"name": name, "namespace": namespace},
+           "spec": {"spec": {"devices": {"requests": [
+               {"name": "gpu", "exactly": {"deviceClassName": class}}]}}}})
 }
 
 pub fn cluster() -> Vec<(&'static str, Json)> {
