@@ -406,13 +406,18 @@ def test_pdb_covers_the_deployment(objs):
         assert 1 <= pdb["minAvailable"] < dep["spec"]["replicas"]
 
 
-def test_rbac_is_list_and_watch_on_three_resources_and_get_on_pods(objs):
+def test_rbac_is_list_and_watch_on_the_cluster_state_and_get_on_pods(objs):
     role = objs.one("ClusterRole", "mlguard")
-    assert len(role["rules"]) == 2
-    watched, pods = role["rules"]
+    assert len(role["rules"]) == 3
+    watched, dra, pods = role["rules"]
     assert watched["apiGroups"] == [""]
     assert sorted(watched["resources"]) == ["namespaces", "nodes", "resourcequotas"]
     assert sorted(watched["verbs"]) == ["list", "watch"]
+    # The Dynamic Resource Allocation objects the cluster state holds (src/cluster/dra.rs).
+    assert dra["apiGroups"] == ["resource.k8s.io"]
+    assert sorted(dra["resources"]) == [
+        "deviceclasses", "resourceclaims", "resourceclaimtemplates", "resourceslices"]
+    assert sorted(dra["verbs"]) == ["list", "watch"]
     # Confirming quota reservations reads single pods; nothing lists, watches or writes them.
     assert pods == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
     for rule in role["rules"]:
