@@ -31,7 +31,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Map, Value as Json};
 
 use super::quantity;
-use super::state::NodeInfo;
 
 /// The allocatable key under which a node's devices of `class` are merged into its
 /// allocatable: the name Kubernetes gives a class's implicit extended resource (KEP-5004).
@@ -563,7 +562,7 @@ type Counts = BTreeMap<String, BTreeMap<String, u64>>;
 fn count(
     classes: &BTreeMap<String, DeviceClassInfo>,
     slices: &[SliceDevices],
-    node_names: &[&String],
+    node_names: &[&str],
 ) -> (Counts, BTreeMap<String, String>) {
     let mut unknown: BTreeMap<String, String> = BTreeMap::new();
     let mut compiled = Vec::new();
@@ -644,7 +643,7 @@ fn count(
         let mut per_node = on_node.remove(class).unwrap_or_default();
         if let Some(&n) = everywhere.get(class) {
             for node in node_names {
-                *per_node.entry((*node).clone()).or_default() += n;
+                *per_node.entry((*node).to_string()).or_default() += n;
             }
         }
         counts.insert(class.clone(), per_node);
@@ -652,65 +651,75 @@ fn count(
     (counts, unknown)
 }
 
-/// Computes `capacity` and `unknown_capacity` from the slices added so far (consuming them)
-/// and merges the counts into `nodes`: `<class>.deviceclass.resource.k8s.io/devices`, and the
-/// class's extended resource name where the node offers none of it by a device plugin (the
-/// scheduler then serves it from DRA, KEP-5004). Called once, after every object is added.
+/// A node's devices of one class, for its allocatable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeDevices {
+    pub node: String,
+    pub class: String,
+    pub count: u64,
+    pub extended_resource_name: Option<String>,
+}
+
+/// Computes `capacity` and `unknown_capacity` from the slices added so far (consuming them),
+/// given the nodes of the Node list (name -> cordoned), and returns what to merge into those
+/// nodes' allocatable (see [`merge`]). Called once, after every object is added.
 ///
 /// A cordoned node counts for neither largest nor total; a slice's node missing from the
-/// Node list counts (the node watch may lag), but is not added to `nodes`, where it would
-/// look like a node known to offer nothing else.
+/// Node list counts (the node watch may lag), but is not merged into: it would look like a
+/// node known to offer nothing else.
 pub fn finish(
     dra: &mut DraState,
-    nodes: &mut Arc<BTreeMap<String, NodeInfo>>,
+    nodes: &BTreeMap<&str, bool>,
     problems: &mut Vec<String>,
-) {
+) -> Vec<NodeDevices> {
     let slices = std::mem::take(&mut dra.slices);
-    let node_names: Vec<&String> = nodes.keys().collect();
+    let node_names: Vec<&str> = nodes.keys().copied().collect();
     let (counts, unknown) = count(&dra.device_classes, &slices, &node_names);
     for (class, why) in &unknown {
         problems.push(format!("DeviceClass {class}: capacity unknown: {why}"));
     }
     dra.unknown_capacity = unknown;
-    dra.capacity = counts
-        .iter()
-        .map(|(class, per_node)| {
-            let mut c = ClassCapacity::default();
-            for (node, &n) in per_node {
-                if nodes.get(node).is_some_and(|i| i.unschedulable) || n == 0 {
-                    continue;
-                }
+    let mut merges = Vec::new();
+    let mut capacity = BTreeMap::new();
+    for (class, per_node) in counts {
+        let mut c = ClassCapacity::default();
+        for (node, n) in per_node {
+            if n == 0 {
+                continue;
+            }
+            let cordoned = nodes.get(node.as_str()).copied();
+            if cordoned != Some(true) {
                 c.largest = c.largest.max(n);
                 c.total += n;
                 c.nodes += 1;
             }
-            (class.clone(), c)
-        })
-        .collect();
-    let merges: Vec<(&String, &String, u64)> = counts
-        .iter()
-        .flat_map(|(class, per_node)| {
-            per_node
-                .iter()
-                .filter(|(node, n)| **n > 0 && nodes.contains_key(*node))
-                .map(move |(node, n)| (class, node, *n))
-        })
-        .collect();
-    if merges.is_empty() {
-        return;
-    }
-    let nodes = Arc::make_mut(nodes);
-    for (class, node, n) in merges {
-        let Some(info) = nodes.get_mut(node) else {
-            continue;
-        };
-        info.allocatable
-            .insert(class_resource_name(class), n as f64);
-        if let Some(e) = dra.device_classes[class].extended_resource_name.as_ref() {
-            let offered = info.allocatable.get(e).copied().unwrap_or(0.0);
-            if offered == 0.0 {
-                info.allocatable.insert(e.clone(), n as f64);
+            if cordoned.is_some() {
+                merges.push(NodeDevices {
+                    node,
+                    class: class.clone(),
+                    count: n,
+                    extended_resource_name: dra.device_classes[&class]
+                        .extended_resource_name
+                        .clone(),
+                });
             }
+        }
+        capacity.insert(class, c);
+    }
+    dra.capacity = capacity;
+    merges
+}
+
+/// Merges a node's devices of a class into its allocatable: as
+/// `<class>.deviceclass.resource.k8s.io/devices`, and as the class's extended resource name
+/// where the node offers none of it by a device plugin (the scheduler then serves it from
+/// DRA, KEP-5004); a device plugin's number stands.
+pub fn merge(allocatable: &mut BTreeMap<String, f64>, devices: &NodeDevices) {
+    let n = devices.count as f64;
+    allocatable.insert(class_resource_name(&devices.class), n);
+    if let Some(e) = &devices.extended_resource_name {
+        if allocatable.get(e).copied().unwrap_or(0.0) == 0.0 {
+            allocatable.insert(e.clone(), n);
         }
     }
 }
@@ -718,9 +727,65 @@ pub fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ClusterState;
-    use k8s_openapi::api::core::v1::Node;
     use serde_json::json;
+
+    /// A node as the state knows it: cordoned, allocatable.
+    type Node = (String, bool, BTreeMap<String, f64>);
+
+    /// The cluster state's part that DRA touches, run as the state runs it.
+    #[derive(Debug, Default, PartialEq)]
+    struct S {
+        dra: DraState,
+        problems: Vec<String>,
+        nodes: BTreeMap<String, (bool, BTreeMap<String, f64>)>,
+    }
+
+    impl S {
+        fn add_node(&mut self, (name, cordoned, allocatable): &Node) {
+            self.nodes
+                .insert(name.clone(), (*cordoned, allocatable.clone()));
+        }
+        fn add_device_class(&mut self, c: &DeviceClass) {
+            self.dra.add_device_class(c);
+        }
+        fn add_resource_claim(&mut self, c: &ResourceClaim) {
+            self.dra.add_claim(c);
+        }
+        fn add_resource_claim_template(&mut self, t: &ResourceClaimTemplate) {
+            self.dra.add_claim_template(t);
+        }
+        fn add_resource_slice(&mut self, x: &ResourceSlice) {
+            self.dra.add_slice(x, &mut self.problems);
+        }
+        fn finish_dra(&mut self) {
+            let nodes: BTreeMap<&str, bool> = self
+                .nodes
+                .iter()
+                .map(|(n, (c, _))| (n.as_str(), *c))
+                .collect();
+            let found = finish(&mut self.dra, &nodes, &mut self.problems);
+            for d in &found {
+                merge(&mut self.nodes.get_mut(&d.node).unwrap().1, d);
+            }
+        }
+        fn allocatable(&self, node: &str) -> &BTreeMap<String, f64> {
+            &self.nodes[node].1
+        }
+        /// What `ClusterState::largest_allocatable` gives: over schedulable nodes.
+        fn largest_allocatable(&self) -> BTreeMap<String, f64> {
+            let mut out: BTreeMap<String, f64> = BTreeMap::new();
+            for (_, allocatable) in self.nodes.values().filter(|(c, _)| !c) {
+                for (k, v) in allocatable {
+                    let e = out.entry(k.clone()).or_insert(0.0);
+                    *e = e.max(*v);
+                }
+            }
+            out
+        }
+        fn to_json(&self) -> Json {
+            json!({"dra": self.dra.to_json()})
+        }
+    }
 
     fn class(name: &str, expression: Option<&str>, extended: Option<&str>) -> DeviceClass {
         let mut spec = json!({});
@@ -782,13 +847,17 @@ mod tests {
     }
 
     fn node(name: &str, cordoned: bool, allocatable: Json) -> Node {
-        serde_json::from_value(json!({"metadata": {"name": name},
-            "spec": {"unschedulable": cordoned}, "status": {"allocatable": allocatable}}))
-        .unwrap()
+        let allocatable = allocatable
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), quantity::parse(v.as_str().unwrap()).unwrap()))
+            .collect();
+        (name.to_string(), cordoned, allocatable)
     }
 
-    fn state(nodes: &[Node], classes: &[DeviceClass], slices: &[ResourceSlice]) -> ClusterState {
-        let mut s = ClusterState::default();
+    fn state(nodes: &[Node], classes: &[DeviceClass], slices: &[ResourceSlice]) -> S {
+        let mut s = S::default();
         nodes.iter().for_each(|n| s.add_node(n));
         classes.iter().for_each(|c| s.add_device_class(c));
         slices.iter().for_each(|x| s.add_resource_slice(x));
@@ -796,14 +865,14 @@ mod tests {
         s
     }
 
-    fn capacity(s: &ClusterState, class: &str) -> (u64, u64, u64) {
+    fn capacity(s: &S, class: &str) -> (u64, u64, u64) {
         let c = s.dra.capacity[class];
         (c.largest, c.total, c.nodes)
     }
 
     #[test]
     fn the_dra_entry_is_there_when_empty() {
-        let j = ClusterState::default().to_json();
+        let j = S::default().to_json();
         assert_eq!(
             j["dra"],
             json!({"device_classes": {}, "claim_templates": {}, "claims": {},
@@ -844,7 +913,7 @@ mod tests {
                 {"name": "big", "deviceClassName": "gpu.nvidia.com"},
                 {"name": "small", "deviceClassName": "mig.nvidia.com",
                  "allocationMode": "ExactCount", "count": 2}]}]}});
-        let mut s = ClusterState::default();
+        let mut s = S::default();
         s.add_resource_claim(&claim);
         assert_eq!(
             s.to_json()["dra"]["claims"]["ml"]["two-gpus"],
@@ -861,7 +930,7 @@ mod tests {
         assert!(status.devices.is_none());
         assert_eq!(status.reserved_for.as_ref().unwrap().len(), 2);
         assert!(status.allocation.as_ref().unwrap().devices.is_none());
-        let mut again = ClusterState::default();
+        let mut again = S::default();
         again.add_resource_claim(&stripped);
         assert_eq!(again.dra, s.dra);
     }
@@ -883,7 +952,7 @@ mod tests {
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert_eq!(capacity(&s, "gpu.nvidia.com"), (8, 8, 1));
         assert_eq!(capacity(&s, "mig.nvidia.com"), (7, 7, 1));
-        let allocatable = &s.nodes["gpu-1"].allocatable;
+        let allocatable = &s.allocatable("gpu-1");
         assert_eq!(
             allocatable["gpu.nvidia.com.deviceclass.resource.k8s.io/devices"],
             8.0
@@ -946,8 +1015,8 @@ mod tests {
         // a: 2 + 4, b: 2; c is cordoned.
         assert_eq!(capacity(&s, "gpu.nvidia.com"), (6, 8, 2));
         let key = class_resource_name("gpu.nvidia.com");
-        assert_eq!(s.nodes["b"].allocatable[&key], 2.0);
-        assert_eq!(s.nodes["c"].allocatable[&key], 2.0);
+        assert_eq!(s.allocatable("b")[&key], 2.0);
+        assert_eq!(s.allocatable("c")[&key], 2.0);
         assert_eq!(s.largest_allocatable()[&key], 6.0);
     }
 
@@ -1081,9 +1150,9 @@ mod tests {
                 slice("b", json!({"nodeName": "bare"}), "bare", 1, 2, 0),
             ],
         );
-        assert_eq!(s.nodes["plugin"].allocatable["nvidia.com/gpu"], 4.0);
-        assert_eq!(s.nodes["dra"].allocatable["nvidia.com/gpu"], 8.0);
-        assert_eq!(s.nodes["bare"].allocatable["nvidia.com/gpu"], 2.0);
+        assert_eq!(s.allocatable("plugin")["nvidia.com/gpu"], 4.0);
+        assert_eq!(s.allocatable("dra")["nvidia.com/gpu"], 8.0);
+        assert_eq!(s.allocatable("bare")["nvidia.com/gpu"], 2.0);
         assert_eq!(s.largest_allocatable()["nvidia.com/gpu"], 8.0);
         assert_eq!(
             s.to_json()["dra"]["device_classes"]["gpu.nvidia.com"],
@@ -1107,7 +1176,7 @@ mod tests {
         let mut thin = raw.clone();
         strip_slice(&mut thin);
         let build = |t: &ResourceClaimTemplate, x: &ResourceSlice| {
-            let mut s = ClusterState::default();
+            let mut s = S::default();
             s.add_node(&node("gpu-1", false, json!({})));
             nvidia_classes().iter().for_each(|c| s.add_device_class(c));
             s.add_resource_claim_template(t);

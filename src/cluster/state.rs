@@ -206,13 +206,25 @@ impl ClusterState {
     }
 
     /// DRA capacity from the slices added so far, merged into the nodes' allocatable (see
-    /// [`dra::finish`]). Every source calls it once, after adding all objects.
+    /// [`dra::finish`] and [`dra::merge`]), so that `largest_allocatable` and the capacity
+    /// policies see devices offered through DRA. Every source (snapshot files, the watch's
+    /// rebuild, the one-time read) calls it once, after adding all objects.
     pub fn finish_dra(&mut self) {
-        dra::finish(
-            Arc::make_mut(&mut self.dra),
-            &mut self.nodes,
-            &mut self.problems,
-        );
+        let nodes: BTreeMap<&str, bool> = self
+            .nodes
+            .iter()
+            .map(|(name, n)| (name.as_str(), n.unschedulable))
+            .collect();
+        let found = dra::finish(Arc::make_mut(&mut self.dra), &nodes, &mut self.problems);
+        if found.is_empty() {
+            return;
+        }
+        let nodes = Arc::make_mut(&mut self.nodes);
+        for devices in &found {
+            if let Some(node) = nodes.get_mut(&devices.node) {
+                dra::merge(&mut node.allocatable, devices);
+            }
+        }
     }
 
     /// How many ResourceQuotas, over all namespaces.
@@ -362,6 +374,16 @@ mod tests {
         }
         assert_eq!(s.largest_allocatable()["nvidia.com/gpu"], 4.0);
         assert_eq!(s.to_json()["node_count"], 3);
+    }
+
+    #[test]
+    fn the_dra_entry_is_there_when_empty() {
+        let j = ClusterState::default().to_json();
+        assert_eq!(
+            j["dra"],
+            json!({"device_classes": {}, "claim_templates": {}, "claims": {},
+                   "capacity": {}, "unknown_capacity": {}})
+        );
     }
 
     #[test]
