@@ -445,6 +445,59 @@ fn embedded_default_policies_audit_the_fixtures() {
         .contains("nvidia.com/gpu"));
 }
 
+/// A claim template shipped in the same files as the pods that name it is created with them:
+/// NVIDIA's own example audits whole, its pods judged as GPU pods, with no claim "not known
+/// yet". Without the template in the files, the pods say so.
+#[test]
+fn dra_claim_templates_in_the_manifests_count_for_their_pods() {
+    let example = fixture("dra-examples/gpu-test1.yaml");
+    let cluster = fixture("cluster-dra.yaml");
+    let out = mlguard(
+        &[
+            "audit",
+            "-f",
+            example.to_str().unwrap(),
+            "--cluster-snapshot",
+            cluster.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    for name in ["pod1", "pod2"] {
+        let pod = object(&v, "Pod", name);
+        let text = pod.to_string();
+        assert!(text.contains("nvidia.com/gpu.present"), "{name}: no GPU node affinity: {text}");
+        assert!(text.contains("/dev/shm"), "{name}: no /dev/shm: {text}");
+        assert!(!text.contains("not hold yet"), "{name}: {text}");
+    }
+    assert_eq!(object(&v, "ResourceClaimTemplate", "single-gpu")["status"], "clean");
+
+    let pods_only: String = std::fs::read_to_string(&example)
+        .unwrap()
+        .split("\n---\n")
+        .filter(|d| !d.contains("kind: ResourceClaimTemplate"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let out = mlguard(
+        &[
+            "audit",
+            "-f",
+            "-",
+            "--cluster-snapshot",
+            cluster.to_str().unwrap(),
+        ],
+        Some(&pods_only),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("ResourceClaimTemplate gpu-test1/single-gpu, which mlguard's view of the cluster does not hold yet"),
+        "{text}"
+    );
+}
+
 /// Where the PolicyReport streams are written for tests/schema/test_policy_reports.py, which
 /// validates them against the PolicyReport CRDs (scripts/test runs this file first).
 fn keep_for_schema_check(name: &str, text: &str) {

@@ -478,6 +478,9 @@ fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
     for problem in &cluster.problems {
         eprintln!("mlguard audit: cluster state: {problem}");
     }
+    let namespace = args.namespace.as_deref().unwrap_or("default");
+    let mut cluster = cluster;
+    snapshot::add_manifest_claims(&mut cluster, documents.iter().map(|(_, d)| d), namespace);
     let evaluator = Evaluator::new(set, Arc::new(cluster)).map_err(|e| e.to_string())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let progress: &dyn Fn(usize, usize) = if std::io::stderr().is_terminal() {
@@ -489,7 +492,6 @@ fn execute(args: &crate::cli::AuditArgs) -> Result<Report, String> {
     if audit_running_workloads {
         return Ok(audit_running(&evaluator, running, mode, threads, progress));
     }
-    let namespace = args.namespace.as_deref().unwrap_or("default");
     Ok(audit_all(
         &evaluator, documents, namespace, mode, threads, progress,
     ))

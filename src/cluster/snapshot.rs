@@ -129,6 +129,48 @@ pub fn add_text(state: &mut ClusterState, path: &Path, text: &str) -> Result<usi
     Ok(used)
 }
 
+/// Adds the ResourceClaims and ResourceClaimTemplates (resource.k8s.io/v1) among `objects`,
+/// as `mlguard audit` does with the manifests it audits: a claim template shipped in the same
+/// files as the pods that name it is created with them, so the pods are judged with it. One
+/// without a namespace goes to `namespace`, as `kubectl apply -n` would put it. Objects that
+/// do not read as their kind are left to the audit, which reports them. Returns how many were
+/// added. DeviceClasses and ResourceSlices are the cluster's, not a manifest's: they come
+/// from the snapshot or the live cluster only.
+pub fn add_manifest_claims<'a>(
+    state: &mut ClusterState,
+    objects: impl IntoIterator<Item = &'a Json>,
+    namespace: &str,
+) -> usize {
+    let mut added = 0;
+    for object in objects {
+        if object.get("apiVersion").and_then(Json::as_str) != Some("resource.k8s.io/v1") {
+            continue;
+        }
+        let mut object = object.clone();
+        if object.pointer("/metadata/namespace").is_none() {
+            if let Some(meta) = object.get_mut("metadata").and_then(Json::as_object_mut) {
+                meta.insert("namespace".into(), Json::from(namespace));
+            }
+        }
+        match object.get("kind").and_then(Json::as_str) {
+            Some("ResourceClaim") => {
+                if let Ok(claim) = serde_json::from_value::<ResourceClaim>(object) {
+                    state.add_resource_claim(&claim);
+                    added += 1;
+                }
+            }
+            Some("ResourceClaimTemplate") => {
+                if let Ok(template) = serde_json::from_value::<ResourceClaimTemplate>(object) {
+                    state.add_resource_claim_template(&template);
+                    added += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    added
+}
+
 /// Loads and merges several snapshot files.
 pub fn load(paths: &[PathBuf]) -> Result<ClusterState, SnapshotError> {
     let mut state = ClusterState::default();

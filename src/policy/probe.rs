@@ -1,11 +1,12 @@
 //! The load-time probe: every policy runs on sample reviews (a GPU Pod, Job, Deployment and
-//! PyTorchJob) before a set may serve, so that output of the wrong shape, a policy that fails
+//! PyTorchJob, a Pod whose GPUs come through a DRA claim template, and the template) before a set may serve, so that output of the wrong shape, a policy that fails
 //! on an ordinary GPU workload, or a set the VM evaluates differently from the interpreter is
 //! caught at load, not on a user's pod.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, ResourceQuota};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaimTemplate, ResourceSlice};
 use regorus::Value;
 
 use crate::cluster::ClusterState;
@@ -49,12 +50,41 @@ fn probe_reviews() -> Vec<serde_json::Value> {
                  "pytorchReplicaSpecs": {
                      "Master": {"replicas": 1, "template": template},
                      "Worker": {"replicas": 3, "template": template}}}});
+    // GPUs through DRA: a pod whose GPUs come from a claim template, in allocationMode All
+    // (the quota and capacity paths of claims), and the claim template itself.
+    let dra_pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe-dra", "namespace": "default"},
+        "spec": {"containers": [{"name": "trainer", "image": "registry.example/train:1",
+                                 "resources": {"claims": [{"name": "gpus"}]}}],
+                 "resourceClaims": [{"name": "gpus", "resourceClaimTemplateName": "probe"}]}});
+    let claim_template = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"spec": probe_claims()}});
+    let mut dra_review = review("Pod", "", "pods", &dra_pod);
+    dra_review["name"] = json!("probe-dra");
     vec![
         review("Pod", "", "pods", &pod),
         review("Job", "batch", "jobs", &job),
         review("Deployment", "apps", "deployments", &deployment),
         review("PyTorchJob", "kubeflow.org", "pytorchjobs", &pytorchjob),
+        dra_review,
+        review(
+            "ResourceClaimTemplate",
+            "resource.k8s.io",
+            "resourceclaimtemplates",
+            &claim_template,
+        ),
     ]
+}
+
+/// The claim spec of the sample claim template, also in the probe's cluster: devices in
+/// allocationMode All, and a firstAvailable request.
+fn probe_claims() -> serde_json::Value {
+    serde_json::json!({"devices": {"requests": [
+        {"name": "gpus", "exactly": {"deviceClassName": "gpu.nvidia.com", "allocationMode": "All"}},
+        {"name": "spare", "firstAvailable": [
+            {"name": "gpu", "deviceClassName": "gpu.nvidia.com", "count": 2},
+            {"name": "mig", "deviceClassName": "mig.nvidia.com"}]}]}})
 }
 
 /// The cluster the sample reviews are judged against: a GPU quota in their namespace that the
@@ -74,6 +104,33 @@ fn probe_cluster() -> ClusterState {
     }))
     .expect("a valid Node");
     cluster.add_node(&node);
+    // NVIDIA's GPU class, standing for nvidia.com/gpu, with a slice of 4 GPUs on the node.
+    let class: DeviceClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "gpu.nvidia.com"},
+        "spec": {"selectors": [{"cel": {"expression":
+            "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'"}}],
+                 "extendedResourceName": "nvidia.com/gpu"}
+    }))
+    .expect("a valid DeviceClass");
+    cluster.add_device_class(&class);
+    let devices: Vec<serde_json::Value> = (0..4)
+        .map(|i| serde_json::json!({"name": format!("gpu-{i}"), "attributes": {"type": {"string": "gpu"}}}))
+        .collect();
+    let slice: ResourceSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe-gpu-node-gpu.nvidia.com"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": "probe-gpu-node",
+                 "pool": {"name": "probe-gpu-node", "generation": 1, "resourceSliceCount": 1},
+                 "devices": devices}
+    }))
+    .expect("a valid ResourceSlice");
+    cluster.add_resource_slice(&slice);
+    let template: ResourceClaimTemplate = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe", "namespace": "default"},
+        "spec": {"spec": probe_claims()}
+    }))
+    .expect("a valid ResourceClaimTemplate");
+    cluster.add_resource_claim_template(&template);
+    cluster.finish_dra();
     cluster
 }
 
