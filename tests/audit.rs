@@ -469,11 +469,17 @@ fn dra_claim_templates_in_the_manifests_count_for_their_pods() {
     for name in ["pod1", "pod2"] {
         let pod = object(&v, "Pod", name);
         let text = pod.to_string();
-        assert!(text.contains("nvidia.com/gpu.present"), "{name}: no GPU node affinity: {text}");
+        assert!(
+            text.contains("nvidia.com/gpu.present"),
+            "{name}: no GPU node affinity: {text}"
+        );
         assert!(text.contains("/dev/shm"), "{name}: no /dev/shm: {text}");
         assert!(!text.contains("not hold yet"), "{name}: {text}");
     }
-    assert_eq!(object(&v, "ResourceClaimTemplate", "single-gpu")["status"], "clean");
+    assert_eq!(
+        object(&v, "ResourceClaimTemplate", "single-gpu")["status"],
+        "clean"
+    );
 
     let pods_only: String = std::fs::read_to_string(&example)
         .unwrap()

@@ -15,7 +15,7 @@ use common::fake_api::{
     claim_template, cluster, gpu_slice, namespace, node, nvidia_device_classes, quota, start_fake,
     write_kubeconfig, FakeServer,
 };
-use common::live::{fixture_pod_review, validate, validating_pod_review, WAIT};
+use common::live::{fixture_pod_review, validate, validate_response, validating_pod_review, WAIT};
 use mlguard::admission::Mode;
 use mlguard::cluster::watch::{self, WatchOptions};
 use mlguard::cluster::ClusterState;
@@ -546,6 +546,54 @@ async fn the_default_quota_policy_reads_reservations_too() {
     }
     // One reservation per pod and quota key: requests and limits.
     assert_eq!(setup.live.reservations(), 8);
+}
+
+/// The default policies on a DRA cluster: a pod naming a claim template mlguard has not seen
+/// yet is admitted with a warning that its devices were not counted; once the template (eight
+/// GPUs) is in the cache, the next such pod is refused by the namespace's device quota (four).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_policies_count_a_claim_template_created_after_start() {
+    let device_quota = json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
+        "spec": {"hard": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "4"}},
+        "status": {"used": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "0"}}});
+    let mut objects = vec![
+        ("namespaces", namespace("ml")),
+        ("nodes", node("gpu-1", 0)),
+        ("resourcequotas", device_quota),
+        ("resourceslices", gpu_slice("gpu-1", 8)),
+    ];
+    objects.extend(nvidia_device_classes());
+    let server = start_fake(objects).await;
+    let setup = synced(&server).await;
+    default_policies(&setup.app);
+
+    let before = validate_response(&setup.app, claim_pod_review("train-0", "eight-gpus")).await;
+    assert_eq!(before["allowed"], true, "{before}");
+    assert!(
+        before["warnings"].to_string().contains(
+            "ResourceClaimTemplate ml/eight-gpus, which mlguard's view of the cluster does not hold yet"
+        ),
+        "{before}"
+    );
+
+    let mut template = claim_template("ml", "eight-gpus", "gpu.nvidia.com");
+    template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["count"] = json!(8);
+    server.fake.put("resourceclaimtemplates", template);
+    eventually("the template in the published state", || {
+        let cluster = setup.app.published.load().cluster.clone();
+        cluster
+            .dra
+            .claim_templates
+            .get("ml")
+            .is_some_and(|t| t.contains_key("eight-gpus"))
+    })
+    .await;
+    let (allowed, message) = validate(&setup.app, claim_pod_review("train-1", "eight-gpus")).await;
+    assert!(!allowed);
+    assert!(
+        message.contains("asks for 8 gpu.nvidia.com.deviceclass.resource.k8s.io/devices (through ResourceClaimTemplate eight-gpus) but namespace ml has 4 left"),
+        "{message}"
+    );
 }
 
 /// `mlguard serve --kubeconfig FILE` as the binary runs it: the client from the kubeconfig,

@@ -364,8 +364,10 @@ fn pods_with_dra_claims_and_the_claims_themselves_go_to_the_gpu_webhooks() {
         "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "img"}],
                                         "resourceClaims": claims}}}})));
     for kind in ["ResourceClaim", "ResourceClaimTemplate"] {
-        assert!(gpu(json!({"apiVersion": "resource.k8s.io/v1", "kind": kind,
-            "metadata": {"name": "c", "namespace": "ml"}, "spec": {}})));
+        assert!(gpu(
+            json!({"apiVersion": "resource.k8s.io/v1", "kind": kind,
+            "metadata": {"name": "c", "namespace": "ml"}, "spec": {}})
+        ));
     }
     // An empty list is no claim.
     assert!(!gpu(pod(

@@ -37,7 +37,11 @@ pub struct WorkloadKinds {
 /// them get, so the policies judge them (`gpu_claims.rego`) as they judge Pods.
 pub const CLAIM_KINDS: [(&str, &str, &str); 2] = [
     ("resource.k8s.io", "ResourceClaim", "resourceclaims"),
-    ("resource.k8s.io", "ResourceClaimTemplate", "resourceclaimtemplates"),
+    (
+        "resource.k8s.io",
+        "ResourceClaimTemplate",
+        "resourceclaimtemplates",
+    ),
 ];
 
 impl WorkloadKinds {
@@ -45,7 +49,9 @@ impl WorkloadKinds {
     /// do; workload kinds when the table names them.
     pub fn covers(&self, group: &str, kind: &str) -> bool {
         (group.is_empty() && kind == "Pod")
-            || CLAIM_KINDS.iter().any(|(g, k, _)| *g == group && *k == kind)
+            || CLAIM_KINDS
+                .iter()
+                .any(|(g, k, _)| *g == group && *k == kind)
             || self
                 .kinds
                 .iter()

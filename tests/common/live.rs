@@ -35,8 +35,8 @@ pub fn validating_pod_review() -> Vec<u8> {
     serde_json::to_vec(&review).unwrap()
 }
 
-/// POSTs a review to /validate; returns (allowed, message).
-pub async fn validate(app: &Arc<Webhook>, body: Vec<u8>) -> (bool, String) {
+/// POSTs a review to /validate; returns the AdmissionResponse.
+pub async fn validate_response(app: &Arc<Webhook>, body: Vec<u8>) -> Json {
     let request = Request::post("/validate")
         .header("content-type", "application/json")
         .body(Body::from(body))
@@ -46,8 +46,13 @@ pub async fn validate(app: &Arc<Webhook>, body: Vec<u8>) -> (bool, String) {
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap();
-    let review: Json = serde_json::from_slice(&bytes).unwrap();
-    let r = &review["response"];
+    let mut review: Json = serde_json::from_slice(&bytes).unwrap();
+    review["response"].take()
+}
+
+/// POSTs a review to /validate; returns (allowed, message).
+pub async fn validate(app: &Arc<Webhook>, body: Vec<u8>) -> (bool, String) {
+    let r = validate_response(app, body).await;
     (
         r["allowed"].as_bool().unwrap(),
         r["status"]["message"].as_str().unwrap_or("").to_string(),
