@@ -113,6 +113,13 @@ fn start_mlguard_with(server: &FakeServer, file: &str, policy: &str) -> Setup {
 static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn pod_review(name: &str, gpus: u32, dry_run: bool) -> Vec<u8> {
+    let spec = json!({"containers": [{"name": "train", "image": "registry.example/train:1",
+        "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]});
+    review_of_pod(name, spec, dry_run)
+}
+
+/// A Pod CREATE review in namespace ml, with a fresh uid.
+fn review_of_pod(name: &str, spec: Json, dry_run: bool) -> Vec<u8> {
     let uid = NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -124,55 +131,19 @@ fn pod_review(name: &str, gpus: u32, dry_run: bool) -> Vec<u8> {
             "userInfo": {"username": "alice"}, "dryRun": dry_run,
             "object": {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": "ml", "uid": format!("pod-{uid}")},
-                "spec": {"containers": [{"name": "train", "image": "registry.example/train:1",
-                    "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]}}
+                "spec": spec}
         }
     }))
     .unwrap()
-}
-
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn remaining(app: &Webhook) -> Option<f64> {
-    let evaluator = app.published.load();
-    Some(evaluator.cluster.quotas.get("ml")?.first()?.remaining()["requests.nvidia.com/gpu"])
-}
-
-fn largest(app: &Webhook) -> Option<f64> {
-    app.published
-        .load()
-        .cluster
-        .largest_allocatable()
-        .get("nvidia.com/gpu")
-        .copied()
 }
 
 /// A pod whose container uses a claim made from the ResourceClaimTemplate `template`.
 fn claim_pod_review(name: &str, template: &str) -> Vec<u8> {
-    let uid = NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("uid-{uid}"),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "ml", "operation": "CREATE", "name": name,
-            "userInfo": {"username": "alice"}, "dryRun": true,
-            "object": {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "ml", "uid": format!("pod-{uid}")},
-                "spec": {
-                    "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": template}],
-                    "containers": [{"name": "train", "image": "registry.example/train:1",
-                        "resources": {"claims": [{"name": "gpu"}]}}]}}
-        }
-    }))
-    .unwrap()
+    let spec = json!({
+        "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": template}],
+        "containers": [{"name": "train", "image": "registry.example/train:1",
+            "resources": {"claims": [{"name": "gpu"}]}}]});
+    review_of_pod(name, spec, true)
 }
 
 const DRA_RESOURCES: [&str; 4] = [

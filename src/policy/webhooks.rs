@@ -665,6 +665,8 @@ mod tests {
             gpu,
             [
                 ("pods".into(), false),
+                ("resourceclaims".into(), false),
+                ("resourceclaimtemplates".into(), false),
                 ("jobs".into(), true),
                 ("pytorchjobs".into(), false),
                 ("rayclusters".into(), false)
