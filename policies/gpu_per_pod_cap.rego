@@ -1,5 +1,5 @@
 # A cap on GPUs per pod and per container, beyond what a node offers: the most of each GPU
-# resource one pod (playbook.per_pod_cap.max_per_pod) and one container (max_per_container)
+# resource (DRA GPU claims too, per DeviceClass, shared ones included) one pod (playbook.per_pod_cap.max_per_pod) and one container (max_per_container)
 # may use, with per_namespace overrides ({NAMESPACE: {max_per_pod, max_per_container}}).
 # Off by default (`enabled: false`).
 package mlguard.policies.gpu_per_pod_cap
@@ -10,8 +10,7 @@ import data.mlguard.lib.workload.creating
 import data.mlguard.lib.workload.describe
 import data.mlguard.lib.workload.namespace
 import data.mlguard.lib.workload.request
-import data.mlguard.lib.workload.template_gpu_demand
-import data.mlguard.lib.workload.template_gpu_resources
+import data.mlguard.lib.workload.template_capacity_demand
 import data.mlguard.lib.workload.templates
 import data.mlguard.lib.workload.updating_workload
 import rego.v1
@@ -35,8 +34,7 @@ where := "in this cluster" if not cfg.per_namespace[namespace]
 findings contains msg if {
 	most := cap("max_per_pod")
 	some ti, t in templates
-	some r in template_gpu_resources[ti]
-	asked := template_gpu_demand[ti].requests[r]
+	some r, asked in template_capacity_demand[ti]
 	asked > most
 	msg := sprintf(
 		"%s asks for %v %s in one pod, but a pod may use at most %v %s; ask for at most %v per pod and spread the work over more pods",
