@@ -137,6 +137,28 @@ fn review_of_pod(name: &str, spec: Json, dry_run: bool) -> Vec<u8> {
     .unwrap()
 }
 
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn remaining(app: &Webhook) -> Option<f64> {
+    let evaluator = app.published.load();
+    Some(evaluator.cluster.quotas.get("ml")?.first()?.remaining()["requests.nvidia.com/gpu"])
+}
+
+fn largest(app: &Webhook) -> Option<f64> {
+    app.published
+        .load()
+        .cluster
+        .largest_allocatable()
+        .get("nvidia.com/gpu")
+        .copied()
+}
+
 /// A pod whose container uses a claim made from the ResourceClaimTemplate `template`.
 fn claim_pod_review(name: &str, template: &str) -> Vec<u8> {
     let spec = json!({
