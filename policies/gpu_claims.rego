@@ -12,6 +12,7 @@
 package mlguard.policies.gpu_claims
 
 import data.mlguard.lib.workload.alternatives
+import data.mlguard.lib.workload.any_claims
 import data.mlguard.lib.workload.capacity_known
 import data.mlguard.lib.workload.claim_capacity
 import data.mlguard.lib.workload.claim_requests
@@ -27,6 +28,13 @@ import data.mlguard.lib.workload.subject
 import data.mlguard.lib.workload.unsatisfiable_requests
 import data.mlguard.lib.workload.updating_workload
 import rego.v1
+
+# What this policy judges: claims and claim templates, and pods and workloads with claims.
+# Every rule below starts with it, so that the reviews of everything else (most pods) stop
+# at the first line.
+applies if is_claim_kind
+
+applies if any_claims
 
 is_claim_kind if {
 	input.review.kind.group == "resource.k8s.io"
@@ -103,23 +111,27 @@ missing_consequence := "" if missing_action == "warn"
 missing_consequence := ", then create this again" if missing_action != "warn"
 
 deny contains missing_message(what) if {
+	applies
 	creating
 	missing_action != "warn"
 	some what in missing_claims
 }
 
 warn contains missing_message(what) if {
+	applies
 	missing_action == "warn"
 	some what in missing_claims
 }
 
 warn contains missing_message(what) if {
+	applies
 	updating_workload
 	missing_action != "warn"
 	some what in missing_claims
 }
 
 deny contains msg if {
+	applies
 	creating
 	some msg in findings
 }
