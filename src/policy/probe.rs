@@ -1,5 +1,5 @@
-//! The load-time probe: every policy runs on sample reviews (a GPU Pod, Job, Deployment and
-//! PyTorchJob, a Pod whose GPUs come through a DRA claim template, and the template) before a set may serve, so that output of the wrong shape, a policy that fails
+//! The load-time probe: every policy runs on sample reviews (a GPU Pod, Job, Deployment whose
+//! pods also use a DRA claim template, PyTorchJob, and the claim template) before a set may serve, so that output of the wrong shape, a policy that fails
 //! on an ordinary GPU workload, or a set the VM evaluates differently from the interpreter is
 //! caught at load, not on a user's pod.
 
@@ -39,35 +39,32 @@ fn probe_reviews() -> Vec<serde_json::Value> {
     };
     // Workloads that take the gang and quota paths of the default policies: a Deployment, and
     // a PyTorchJob whose gang is smaller than all its pods (minAvailable). The VM once read
-    // such a gang as undefined where the interpreter did not.
+    // such a gang as undefined where the interpreter did not. The Deployment's pods also get
+    // GPUs through a DRA claim template (allocationMode All, and a firstAvailable request), of
+    // a class that stands for nvidia.com/gpu: the claim paths of every policy, without a
+    // sample of their own (each sample costs tens of milliseconds of start-up).
     let template = json!({"spec": {"containers": [container]}});
+    let mut claim_user = container.clone();
+    claim_user["resources"]["claims"] = json!([{"name": "gpus"}]);
     let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "probe", "namespace": "default"},
-        "spec": {"replicas": 3, "template": template}});
+        "spec": {"replicas": 3, "template": {"spec": {
+            "containers": [claim_user],
+            "resourceClaims": [{"name": "gpus", "resourceClaimTemplateName": "probe"}]}}}});
     let pytorchjob = json!({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
         "metadata": {"name": "probe", "namespace": "default"},
         "spec": {"runPolicy": {"schedulingPolicy": {"minAvailable": 2}},
                  "pytorchReplicaSpecs": {
                      "Master": {"replicas": 1, "template": template},
                      "Worker": {"replicas": 3, "template": template}}}});
-    // GPUs through DRA: a pod whose GPUs come from a claim template, in allocationMode All
-    // (the quota and capacity paths of claims), and the claim template itself.
-    let dra_pod = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "probe-dra", "namespace": "default"},
-        "spec": {"containers": [{"name": "trainer", "image": "registry.example/train:1",
-                                 "resources": {"claims": [{"name": "gpus"}]}}],
-                 "resourceClaims": [{"name": "gpus", "resourceClaimTemplateName": "probe"}]}});
     let claim_template = json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
         "metadata": {"name": "probe", "namespace": "default"},
         "spec": {"spec": probe_claims()}});
-    let mut dra_review = review("Pod", "", "pods", &dra_pod);
-    dra_review["name"] = json!("probe-dra");
     vec![
         review("Pod", "", "pods", &pod),
         review("Job", "batch", "jobs", &job),
         review("Deployment", "apps", "deployments", &deployment),
         review("PyTorchJob", "kubeflow.org", "pytorchjobs", &pytorchjob),
-        dra_review,
         review(
             "ResourceClaimTemplate",
             "resource.k8s.io",
