@@ -12,7 +12,8 @@
 package mlguard.policies.gpu_claims
 
 import data.mlguard.lib.workload.alternatives
-import data.mlguard.lib.workload.any_claims
+import data.mlguard.lib.workload.any_claim_field
+import data.mlguard.lib.workload.claim_spec_errors
 import data.mlguard.lib.workload.capacity_known
 import data.mlguard.lib.workload.claim_capacity
 import data.mlguard.lib.workload.claim_requests
@@ -24,6 +25,7 @@ import data.mlguard.lib.workload.kind
 import data.mlguard.lib.workload.missing_claims
 import data.mlguard.lib.workload.namespace
 import data.mlguard.lib.workload.obj
+import data.mlguard.lib.workload.pod_claim_errors
 import data.mlguard.lib.workload.subject
 import data.mlguard.lib.workload.unsatisfiable_requests
 import data.mlguard.lib.workload.updating_workload
@@ -34,7 +36,8 @@ import rego.v1
 # at the first line.
 applies if is_claim_kind
 
-applies if any_claims
+# A pod or workload template with spec.resourceClaims, readable or not.
+applies if any_claim_field
 
 is_claim_kind if {
 	input.review.kind.group == "resource.k8s.io"
@@ -72,6 +75,17 @@ findings contains msg if {
 			some a in alternatives(req)
 		]))],
 	)
+}
+
+# --- What cannot be read -------------------------------------------------------------------
+
+findings contains sprintf("%s; mlguard does not admit a claim it cannot count", [e]) if {
+	is_claim_kind
+	some e in claim_spec_errors(claim_spec, subject)
+}
+
+findings contains sprintf("%s; mlguard does not admit a pod whose claims it cannot read", [e]) if {
+	some e in pod_claim_errors
 }
 
 # --- Admin access ---------------------------------------------------------------------------

@@ -174,11 +174,14 @@ too_large(a) if {
 
 # --- The claims of a pod --------------------------------------------------------------------
 
-claim_source(ref) := {"kind": "ResourceClaimTemplate", "name": ref.resourceClaimTemplateName, "shared": false} if ref.resourceClaimTemplateName
+claim_source(ref) := {"kind": "ResourceClaimTemplate", "name": ref.resourceClaimTemplateName, "shared": false} if {
+	is_string(ref.resourceClaimTemplateName)
+	not ref.resourceClaimName
+}
 
 claim_source(ref) := {"kind": "ResourceClaim", "name": ref.resourceClaimName, "shared": true} if {
 	not ref.resourceClaimTemplateName
-	ref.resourceClaimName
+	is_string(ref.resourceClaimName)
 }
 
 claim_collection("ResourceClaimTemplate") := "claim_templates"
@@ -188,7 +191,8 @@ claim_collection("ResourceClaim") := "claims"
 # Each template's pod claims: {claim (its name in the pod), kind, name, shared, spec, known}.
 # A claim the cluster state does not hold has no spec and is `known: false`.
 template_claims[ti] := [object.union(src, {"claim": ref.name, "spec": spec, "known": spec != null}) |
-	some ref in object.get(templates[ti].spec, "resourceClaims", [])
+	some ref in as_list(object.get(templates[ti].spec, "resourceClaims", []))
+	is_object(ref)
 	src := claim_source(ref)
 	spec := object.get(dra, [claim_collection(src.kind), namespace, src.name, "spec"], null)
 ] if {
@@ -238,7 +242,8 @@ template_claim_keys[ti] := {device_key(class) |
 # The device keys a container reaches through `resources.claims`: a whole claim, or one
 # request of it.
 container_claim_keys(ti, c) := {device_key(class) |
-	some use in c.resources.claims
+	some use in as_list(object.get(c, ["resources", "claims"], []))
+	is_object(use)
 	some claim in template_claims[ti]
 	claim.claim == use.name
 	claim.known
@@ -332,4 +337,136 @@ missing_claims contains sprintf("%s: %s %s/%s", [templates[ti].subject, claim.ki
 	some ti, claims in template_claims
 	some claim in claims
 	not claim.known
+}
+
+# --- What cannot be read ----------------------------------------------------------------------
+
+# A claim or a pod's use of claims that mlguard cannot read is refused (by gpu_claims), never
+# counted as no devices. The API server's schema refuses most of these before any webhook is
+# called; forged reviews and manifests in an audit are not so checked.
+claim_spec_errors(spec, what) := errors if {
+	requests := object.get(spec, ["devices", "requests"], [])
+	not is_array(requests)
+	errors := {sprintf("%s: spec.devices.requests is not a list", [what])}
+}
+
+claim_spec_errors(spec, what) := {e |
+	some i, req in requests
+	some e in request_errors(req, sprintf("%s: request %d", [what, i]))
+} if {
+	requests := object.get(spec, ["devices", "requests"], [])
+	is_array(requests)
+}
+
+request_errors(req, what) := {sprintf("%s is not an object", [what])} if not is_object(req)
+
+request_errors(req, what) := {sprintf("%s (%v) has neither exactly nor firstAvailable", [what, object.get(req, "name", "")])} if {
+	is_object(req)
+	not is_object(object.get(req, "exactly", null))
+	not is_array(object.get(req, "firstAvailable", null))
+}
+
+request_errors(req, what) := ask_errors(req.exactly, sprintf("%s (%v) exactly", [what, object.get(req, "name", "")])) if {
+	is_object(req)
+	is_object(req.exactly)
+}
+
+request_errors(req, what) := {e |
+	some j, sub in req.firstAvailable
+	some e in ask_errors(sub, sprintf("%s (%v) firstAvailable %d", [what, object.get(req, "name", ""), j]))
+} if {
+	is_object(req)
+	not is_object(object.get(req, "exactly", null))
+	is_array(req.firstAvailable)
+}
+
+ask_errors(a, what) := {sprintf("%s is not an object", [what])} if not is_object(a)
+
+ask_errors(a, what) := {e |
+	some list in [bad_class(a, what), bad_mode(a, what), bad_count(a, what)]
+	some e in list
+} if is_object(a)
+
+bad_class(a, what) := [sprintf("%s.deviceClassName is not a name: %v", [what, object.get(a, "deviceClassName", null)])] if not is_string(object.get(a, "deviceClassName", null))
+
+bad_class(a, _) := [] if is_string(object.get(a, "deviceClassName", null))
+
+bad_mode(a, what) := [sprintf("%s.allocationMode is not a string: %v", [what, a.allocationMode])] if {
+	not is_string(object.get(a, "allocationMode", "ExactCount"))
+	a.allocationMode
+}
+
+bad_mode(a, _) := [] if is_string(object.get(a, "allocationMode", "ExactCount"))
+
+bad_count(a, what) := [sprintf("%s.count is not a whole number of devices: %v", [what, a.count])] if {
+	count_given(a)
+	not whole_devices(a.count)
+}
+
+bad_count(a, _) := [] if not count_given(a)
+
+bad_count(a, _) := [] if {
+	count_given(a)
+	whole_devices(a.count)
+}
+
+count_given(a) if object.get(a, "count", null) != null
+
+whole_devices(n) if {
+	is_number(n)
+	n == floor(n)
+	n >= 0
+}
+
+# A pod template's claims that cannot be read, as "Pod ml/x: spec.resourceClaims ...".
+pod_claim_errors contains sprintf("%s: spec.resourceClaims is not a list", [t.subject]) if {
+	any_claim_field
+	some t in templates
+	claims := object.get(t.spec, "resourceClaims", [])
+	not is_array(claims)
+}
+
+pod_claim_errors contains sprintf("%s: spec.resourceClaims[%d] names neither a resourceClaimName nor a resourceClaimTemplateName (exactly one, a string)", [t.subject, i]) if {
+	any_claim_field
+	some t in templates
+	some i, ref in as_list(object.get(t.spec, "resourceClaims", []))
+	not claim_source(ref)
+	not both_named(ref)
+}
+
+both_named(ref) if {
+	is_object(ref)
+	ref.resourceClaimTemplateName
+	ref.resourceClaimName
+}
+
+pod_claim_errors contains sprintf("%s: spec.resourceClaims[%d] names both a resourceClaimName and a resourceClaimTemplateName", [t.subject, i]) if {
+	any_claim_field
+	some t in templates
+	some i, ref in as_list(object.get(t.spec, "resourceClaims", []))
+	both_named(ref)
+}
+
+pod_claim_errors contains sprintf("%s: %s resources.claims is not a list of {name, request}", [entry.subject, describe(entry)]) if {
+	any_claim_field
+	some entry in containers
+	uses := object.get(entry.container, ["resources", "claims"], [])
+	not list_of_named(uses)
+}
+
+as_list(x) := x if is_array(x)
+
+as_list(x) := [] if not is_array(x)
+
+list_of_named(uses) if {
+	is_array(uses)
+	count([u | some u in uses; not is_string(object.get(u, "name", null))]) == 0
+}
+
+# Whether any template has spec.resourceClaims at all (a cheap test before the checks above).
+# A container's resources.claims without pod claims reaches no device: the API server refuses
+# such a pod, and it gets nothing to count.
+any_claim_field if {
+	some t in templates
+	object.get(t.spec, "resourceClaims", null) != null
 }
