@@ -589,6 +589,57 @@ async fn the_default_policies_count_a_claim_template_created_after_start() {
     );
 }
 
+/// Quota reservations count DRA devices: a burst of pods that each get a GPU from a claim
+/// template cannot overrun the namespace's device quota through one replica before the quota
+/// status shows their claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_claim_template_pods_cannot_overrun_the_device_quota() {
+    let device_quota = json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
+        "spec": {"hard": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "4"}},
+        "status": {"used": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "0"}}});
+    let mut objects = vec![
+        ("namespaces", namespace("ml")),
+        ("nodes", node("gpu-1", 0)),
+        ("resourcequotas", device_quota),
+        ("resourceslices", gpu_slice("gpu-1", 8)),
+        (
+            "resourceclaimtemplates",
+            claim_template("ml", "one-gpu", "gpu.nvidia.com"),
+        ),
+    ];
+    objects.extend(nvidia_device_classes());
+    let server = start_fake(objects).await;
+    let setup = synced(&server).await;
+    default_policies(&setup.app);
+
+    let burst: Vec<_> = (0..7)
+        .map(|i| {
+            let app = setup.app.clone();
+            let spec = json!({
+                "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "one-gpu"}],
+                "containers": [{"name": "train", "image": "registry.example/train:1",
+                    "resources": {"claims": [{"name": "gpu"}]}}]});
+            let review = review_of_pod(&format!("burst-{i}"), spec, false);
+            tokio::spawn(async move { validate(&app, review).await })
+        })
+        .collect();
+    let mut denials = Vec::new();
+    for task in burst {
+        let (ok, message) = task.await.unwrap();
+        if !ok {
+            denials.push(message);
+        }
+    }
+    assert_eq!(denials.len(), 3, "{denials:#?}");
+    for message in &denials {
+        assert!(
+            message.contains("but namespace ml has 0 left of its ResourceQuota gpu-quota"),
+            "{message}"
+        );
+    }
+    assert_eq!(setup.live.reservations(), 4);
+}
+
 /// `mlguard serve --kubeconfig FILE` as the binary runs it: the client from the kubeconfig,
 /// readiness on /readyz, decisions over HTTPS, the state on /status and /metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::dra_usage::dra_usage;
 use super::state::Quota;
-use super::usage::{pod_usage, scopes_select};
+use super::usage::{pod_resources, pod_usage, scopes_select};
 use super::ClusterState;
 
 /// What a pod will be charged against one quota of its namespace.
@@ -95,7 +96,22 @@ pub fn charges(state: &ClusterState, namespace: &str, pod: &Json) -> Vec<Charge>
         if !scopes_select(&quota.scopes, pod) {
             continue;
         }
-        for (key, amount) in pod_usage(pod, quota.hard.keys().map(String::as_str)) {
+        let keys = || quota.hard.keys().map(String::as_str);
+        let mut usage = pod_usage(pod, keys());
+        // The devices of the claims made for the pod (DRA), and what it asks of an extended
+        // resource a DeviceClass stands for, which that class's device quota counts too.
+        let maps_resources = state
+            .dra
+            .device_classes
+            .values()
+            .any(|c| c.extended_resource_name.is_some());
+        if maps_resources || pod["spec"]["resourceClaims"].is_array() {
+            let requests = pod_resources(pod, "requests");
+            for (key, amount) in dra_usage(&state.dra, namespace, pod, &requests, keys()) {
+                *usage.entry(key).or_insert(0.0) += amount;
+            }
+        }
+        for (key, amount) in usage {
             out.push(Charge {
                 quota: quota.name.clone(),
                 key,

@@ -7,7 +7,8 @@
 //!   what policies read, and the device capacity the classes' CEL selectors give;
 //! - `snapshot`: the state from YAML files; `list`: the state (and workloads) read once live;
 //! - `watch`: kube reflectors that keep the state current;
-//! - `usage` and `ledger`: what a pod is charged against quotas, and reservations for pods
+//! - `usage` and `ledger`: what a pod is charged against quotas (`dra_usage`: what its DRA
+//!   claims are charged), and reservations for pods
 //!   admitted but not yet shown in the quota status (the server's quota coordinator joins
 //!   them to the request path); `confirm`: a reservation checked against its pod, so that a
 //!   review that did not come from the API server holds no quota for long.
@@ -16,6 +17,7 @@
 
 pub mod confirm;
 pub mod dra;
+pub mod dra_usage;
 pub mod ledger;
 pub mod list;
 pub mod quantity;
