@@ -15,6 +15,14 @@ use common::live::WAIT;
 use mlguard::cluster::list;
 use serde_json::{json, Value as Json};
 
+/// The cluster state read once, as `mlguard audit --cluster` reads it.
+async fn read_state(client: &kube::Client) -> mlguard::cluster::ClusterState {
+    tokio::time::timeout(WAIT, list::read_state(client))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// The DRA objects are read where resource.k8s.io/v1 is served, and the devices of the
 /// slices merged into the nodes; where it is not, the state is read as before, without a list
 /// of them.
@@ -36,10 +44,7 @@ async fn one_time_reads_include_the_dra_objects_where_served() {
     let server = start_fake(objects).await;
     server.open();
     let client = server.client();
-    let state = tokio::time::timeout(WAIT, list::read_state(&client))
-        .await
-        .unwrap()
-        .unwrap();
+    let state = read_state(&client).await;
     assert_eq!(state.dra.device_classes.len(), 2);
     assert!(state.dra.claim_templates["ml"].contains_key("one-gpu"));
     assert_eq!(state.dra.claims["ml"]["shared"].reserved_for, 0);
@@ -51,10 +56,7 @@ async fn one_time_reads_include_the_dra_objects_where_served() {
     );
 
     server.fake.serve_dra(false);
-    let state = tokio::time::timeout(WAIT, list::read_state(&client))
-        .await
-        .unwrap()
-        .unwrap();
+    let state = read_state(&client).await;
     assert!(state.dra.device_classes.is_empty());
     assert_eq!(state.nodes.len(), 1);
     assert_eq!(
@@ -99,10 +101,7 @@ async fn one_time_reads_for_the_audit_command() {
     server.open();
     let client = server.client();
 
-    let state = tokio::time::timeout(WAIT, list::read_state(&client))
-        .await
-        .unwrap()
-        .unwrap();
+    let state = read_state(&client).await;
     assert_eq!(state.quotas["ml"][0].hard["requests.nvidia.com/gpu"], 4.0);
     assert_eq!(state.nodes.len(), 1);
     assert_eq!(state.namespaces.len(), 2);

@@ -376,15 +376,7 @@ async fn a_claim_template_created_after_start_reaches_the_next_decision() {
         "resourceclaimtemplates",
         claim_template("ml", "one-gpu", "gpu.nvidia.com"),
     );
-    eventually("the template in the published state", || {
-        let cluster = setup.app.published.load().cluster.clone();
-        cluster
-            .dra
-            .claim_templates
-            .get("ml")
-            .is_some_and(|t| t.contains_key("one-gpu"))
-    })
-    .await;
+    template_published(&setup.app, "one-gpu").await;
     let cluster = setup.app.published.load().cluster.clone();
     assert_eq!(
         cluster.dra.claim_templates["ml"]["one-gpu"],
@@ -497,6 +489,54 @@ async fn discovery_that_fails_at_start_is_retried() {
 // With the default policy set
 // ---------------------------------------------------------------------------------------
 
+/// A DRA cluster: namespace ml with a quota of 4 gpu.nvidia.com devices, none used, and a
+/// node with a slice of 8 GPUs of NVIDIA's classes.
+fn dra_cluster() -> Vec<(&'static str, Json)> {
+    let device_quota = json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
+        "spec": {"hard": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "4"}},
+        "status": {"used": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "0"}}});
+    let mut objects = vec![
+        ("namespaces", namespace("ml")),
+        ("nodes", node("gpu-1", 0)),
+        ("resourcequotas", device_quota),
+        ("resourceslices", gpu_slice("gpu-1", 8)),
+    ];
+    objects.extend(nvidia_device_classes());
+    objects
+}
+
+/// Waits until the claim template `name` of namespace ml is in the published state.
+async fn template_published(app: &Webhook, name: &str) {
+    eventually("the template in the published state", || {
+        let cluster = app.published.load().cluster.clone();
+        cluster
+            .dra
+            .claim_templates
+            .get("ml")
+            .is_some_and(|t| t.contains_key(name))
+    })
+    .await;
+}
+
+/// Posts `reviews` to /validate all at once; the messages of those denied.
+async fn denials_of_burst(app: &Arc<Webhook>, reviews: Vec<Vec<u8>>) -> Vec<String> {
+    let burst: Vec<_> = reviews
+        .into_iter()
+        .map(|review| {
+            let app = app.clone();
+            tokio::spawn(async move { validate(&app, review).await })
+        })
+        .collect();
+    let mut denials = Vec::new();
+    for task in burst {
+        let (ok, message) = task.await.unwrap();
+        if !ok {
+            denials.push(message);
+        }
+    }
+    denials
+}
+
 fn default_policies(app: &Webhook) {
     let set = PolicySet::load(Origin::Embedded, Backend::Vm).unwrap();
     app.published.swap_policies(set).unwrap();
@@ -517,19 +557,8 @@ async fn the_default_quota_policy_reads_reservations_too() {
     default_policies(&setup.app);
 
     // The fixture pod asks for 2 GPUs: four fit in 8.
-    let burst: Vec<_> = (0..7)
-        .map(|_| {
-            let app = setup.app.clone();
-            tokio::spawn(async move { validate(&app, validating_pod_review()).await })
-        })
-        .collect();
-    let mut denials = Vec::new();
-    for task in burst {
-        let (ok, message) = task.await.unwrap();
-        if !ok {
-            denials.push(message);
-        }
-    }
+    let reviews = (0..7).map(|_| validating_pod_review()).collect();
+    let denials = denials_of_burst(&setup.app, reviews).await;
     assert_eq!(denials.len(), 3, "{denials:#?}");
     for message in &denials {
         assert!(
@@ -546,16 +575,7 @@ async fn the_default_quota_policy_reads_reservations_too() {
 /// GPUs) is in the cache, the next such pod is refused by the namespace's device quota (four).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_policies_count_a_claim_template_created_after_start() {
-    let device_quota = json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
-        "spec": {"hard": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "4"}},
-        "status": {"used": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "0"}}});
-    let mut objects = vec![
-        ("namespaces", namespace("ml")),
-        ("nodes", node("gpu-1", 0)),
-        ("resourcequotas", device_quota),
-        ("resourceslices", gpu_slice("gpu-1", 8)),
-    ];
-    objects.extend(nvidia_device_classes());
+    let objects = dra_cluster();
     let server = start_fake(objects).await;
     let setup = synced(&server).await;
     default_policies(&setup.app);
@@ -572,15 +592,7 @@ async fn the_default_policies_count_a_claim_template_created_after_start() {
     let mut template = claim_template("ml", "eight-gpus", "gpu.nvidia.com");
     template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["count"] = json!(8);
     server.fake.put("resourceclaimtemplates", template);
-    eventually("the template in the published state", || {
-        let cluster = setup.app.published.load().cluster.clone();
-        cluster
-            .dra
-            .claim_templates
-            .get("ml")
-            .is_some_and(|t| t.contains_key("eight-gpus"))
-    })
-    .await;
+    template_published(&setup.app, "eight-gpus").await;
     let (allowed, message) = validate(&setup.app, claim_pod_review("train-1", "eight-gpus")).await;
     assert!(!allowed);
     assert!(
@@ -594,42 +606,23 @@ async fn the_default_policies_count_a_claim_template_created_after_start() {
 /// status shows their claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_claim_template_pods_cannot_overrun_the_device_quota() {
-    let device_quota = json!({"metadata": {"name": "gpu-quota", "namespace": "ml"},
-        "spec": {"hard": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "4"}},
-        "status": {"used": {"gpu.nvidia.com.deviceclass.resource.k8s.io/devices": "0"}}});
-    let mut objects = vec![
-        ("namespaces", namespace("ml")),
-        ("nodes", node("gpu-1", 0)),
-        ("resourcequotas", device_quota),
-        ("resourceslices", gpu_slice("gpu-1", 8)),
-        (
-            "resourceclaimtemplates",
-            claim_template("ml", "one-gpu", "gpu.nvidia.com"),
-        ),
-    ];
-    objects.extend(nvidia_device_classes());
+    let mut objects = dra_cluster();
+    objects.push((
+        "resourceclaimtemplates",
+        claim_template("ml", "one-gpu", "gpu.nvidia.com"),
+    ));
     let server = start_fake(objects).await;
     let setup = synced(&server).await;
     default_policies(&setup.app);
 
-    let burst: Vec<_> = (0..7)
-        .map(|i| {
-            let app = setup.app.clone();
-            let spec = json!({
-                "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "one-gpu"}],
-                "containers": [{"name": "train", "image": "registry.example/train:1",
-                    "resources": {"claims": [{"name": "gpu"}]}}]});
-            let review = review_of_pod(&format!("burst-{i}"), spec, false);
-            tokio::spawn(async move { validate(&app, review).await })
-        })
+    let spec = json!({
+        "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "one-gpu"}],
+        "containers": [{"name": "train", "image": "registry.example/train:1",
+            "resources": {"claims": [{"name": "gpu"}]}}]});
+    let reviews = (0..7)
+        .map(|i| review_of_pod(&format!("burst-{i}"), spec.clone(), false))
         .collect();
-    let mut denials = Vec::new();
-    for task in burst {
-        let (ok, message) = task.await.unwrap();
-        if !ok {
-            denials.push(message);
-        }
-    }
+    let denials = denials_of_burst(&setup.app, reviews).await;
     assert_eq!(denials.len(), 3, "{denials:#?}");
     for message in &denials {
         assert!(
