@@ -60,77 +60,94 @@ pub fn claim_charges(spec: &Json) -> BTreeMap<String, f64> {
     out
 }
 
-/// The devices per class the claims made from the pod's ResourceClaimTemplates are charged,
-/// from the templates in `dra`. A template the state does not hold charges nothing here: the
-/// policies warn of it (or refuse it, as configured).
-pub fn pod_claim_charges(dra: &DraState, namespace: &str, pod: &Json) -> BTreeMap<String, f64> {
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    let templates = dra.claim_templates.get(namespace);
-    for claim in pod["spec"]["resourceClaims"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let Some(name) = claim["resourceClaimTemplateName"].as_str() else {
-            continue;
-        };
-        let Some(spec) = templates.and_then(|t| t.get(name)) else {
-            continue;
-        };
-        for (class, n) in claim_charges(spec) {
-            *out.entry(class).or_insert(0.0) += n;
-        }
-    }
-    out
+/// What a pod's claims are charged, per DeviceClass, and which extended resource each class
+/// stands for: worked out once per pod, then read for each quota of its namespace.
+#[derive(Debug, Clone, Default)]
+pub struct PodClaimCharges {
+    /// Devices per class of the claims made from the pod's ResourceClaimTemplates. A
+    /// template the state does not hold charges nothing here: the policies warn of it (or
+    /// refuse it, as configured).
+    devices: BTreeMap<String, f64>,
+    /// Class -> the extended resource it stands for (KEP-5004).
+    standing_for: BTreeMap<String, String>,
 }
 
-/// What the pod's claims add to each of `keys` (quota `hard` keys): a class's devices to its
-/// `<class>.deviceclass.resource.k8s.io/devices`, and, for a class that stands for an
-/// extended resource, to `requests.<resource>`, `limits.<resource>` and `<resource>` as well;
-/// and what the pod's
-/// containers request of such a resource (`requests`) to the class's devices.
-pub fn dra_usage<'a>(
-    dra: &DraState,
-    namespace: &str,
-    pod: &Json,
-    requests: &BTreeMap<String, f64>,
-    keys: impl IntoIterator<Item = &'a str>,
-) -> BTreeMap<String, f64> {
-    let devices = pod_claim_charges(dra, namespace, pod);
-    let standing_for = |class: &str| {
-        dra.device_classes
-            .get(class)
-            .and_then(|c| c.extended_resource_name.as_deref())
-    };
-    let mut out = BTreeMap::new();
-    for key in keys {
-        let amount = match key.strip_suffix(DEVICES_SUFFIX) {
-            Some(class) => {
-                devices.get(class).copied().unwrap_or(0.0)
-                    + standing_for(class)
-                        .and_then(|r| requests.get(r))
-                        .copied()
-                        .unwrap_or(0.0)
-            }
-            // requests.R, limits.R or R: a device is requested and limited alike, as the
-            // policies count it.
-            None => {
-                let resource = key
-                    .strip_prefix("requests.")
-                    .or_else(|| key.strip_prefix("limits."))
-                    .unwrap_or(key);
-                devices
-                    .iter()
-                    .filter(|(class, _)| standing_for(class) == Some(resource))
-                    .map(|(_, n)| n)
-                    .sum()
-            }
-        };
-        if amount > 0.0 {
-            out.insert(key.to_string(), amount);
+impl PodClaimCharges {
+    /// None when DRA changes nothing of the pod's charges: it has no claims, and no class
+    /// stands for an extended resource.
+    pub fn of(dra: &DraState, namespace: &str, pod: &Json) -> Option<PodClaimCharges> {
+        let standing_for: BTreeMap<String, String> = dra
+            .device_classes
+            .iter()
+            .filter_map(|(class, c)| Some((class.clone(), c.extended_resource_name.clone()?)))
+            .collect();
+        let claims = pod["spec"]["resourceClaims"].as_array();
+        if claims.is_none() && standing_for.is_empty() {
+            return None;
         }
+        let mut devices: BTreeMap<String, f64> = BTreeMap::new();
+        let templates = dra.claim_templates.get(namespace);
+        for claim in claims.into_iter().flatten() {
+            let Some(name) = claim["resourceClaimTemplateName"].as_str() else {
+                continue;
+            };
+            let Some(spec) = templates.and_then(|t| t.get(name)) else {
+                continue;
+            };
+            for (class, n) in claim_charges(spec) {
+                *devices.entry(class).or_insert(0.0) += n;
+            }
+        }
+        Some(PodClaimCharges {
+            devices,
+            standing_for,
+        })
     }
-    out
+
+    /// What the pod's claims add to each of `keys` (quota `hard` keys): a class's devices to
+    /// its `<class>.deviceclass.resource.k8s.io/devices`, and, for a class that stands for an
+    /// extended resource, to `requests.<resource>`, `limits.<resource>` and `<resource>` as
+    /// well; and what the pod's containers request of such a resource (`requests`) to the
+    /// class's devices.
+    pub fn usage<'a>(
+        &self,
+        requests: &BTreeMap<String, f64>,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let amount = match key.strip_suffix(DEVICES_SUFFIX) {
+                Some(class) => {
+                    self.devices.get(class).copied().unwrap_or(0.0)
+                        + self
+                            .standing_for
+                            .get(class)
+                            .and_then(|r| requests.get(r))
+                            .copied()
+                            .unwrap_or(0.0)
+                }
+                // requests.R, limits.R or R: a device is requested and limited alike, as the
+                // policies count it.
+                None => {
+                    let resource = key
+                        .strip_prefix("requests.")
+                        .or_else(|| key.strip_prefix("limits."))
+                        .unwrap_or(key);
+                    self.devices
+                        .iter()
+                        .filter(|(class, _)| {
+                            self.standing_for.get(*class).map(String::as_str) == Some(resource)
+                        })
+                        .map(|(_, n)| n)
+                        .sum()
+                }
+            };
+            if amount > 0.0 {
+                out.insert(key.to_string(), amount);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +230,9 @@ mod tests {
             "mig.nvidia.com.deviceclass.resource.k8s.io/devices",
             "requests.cpu",
         ];
-        let usage = dra_usage(&dra, "ml", &pod, &requests, keys);
+        let usage = PodClaimCharges::of(&dra, "ml", &pod)
+            .unwrap()
+            .usage(&requests, keys);
         // The class's devices: 8 through the template and the 2 nvidia.com/gpu it stands for.
         assert_eq!(
             usage["gpu.nvidia.com.deviceclass.resource.k8s.io/devices"],
@@ -222,6 +241,9 @@ mod tests {
         // requests.nvidia.com/gpu: only what the claims add; the containers' own 2 are usage's.
         assert_eq!(usage["requests.nvidia.com/gpu"], 8.0);
         assert_eq!(usage.len(), 2);
-        assert!(dra_usage(&dra, "other", &pod, &BTreeMap::new(), keys).is_empty());
+        let elsewhere = PodClaimCharges::of(&dra, "other", &pod).unwrap();
+        assert!(elsewhere.usage(&BTreeMap::new(), keys).is_empty());
+        // No claims and no class standing for a resource: nothing to work out.
+        assert!(PodClaimCharges::of(&DraState::default(), "ml", &json!({"spec": {}})).is_none());
     }
 }

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::dra_usage::dra_usage;
+use super::dra_usage::PodClaimCharges;
 use super::state::Quota;
-use super::usage::{pod_resources, pod_usage, scopes_select};
+use super::usage::{scopes_select, PodDemand};
 use super::ClusterState;
 
 /// What a pod will be charged against one quota of its namespace.
@@ -87,29 +87,25 @@ pub fn covers(actual: &[Charge], claimed: &[Charge]) -> bool {
 /// The charges of `pod` against the quotas of `namespace` whose scopes select it.
 pub fn charges(state: &ClusterState, namespace: &str, pod: &Json) -> Vec<Charge> {
     let mut out = Vec::new();
-    for quota in state
-        .quotas
-        .get(namespace)
-        .into_iter()
-        .flat_map(|q| q.iter())
-    {
+    let quotas = state.quotas.get(namespace);
+    if quotas.is_none() {
+        return out;
+    }
+    let demand = PodDemand::of(pod);
+    // The devices of the claims made for the pod (DRA), and what it asks of an extended
+    // resource a DeviceClass stands for, which that class's device quota counts too.
+    let claims = PodClaimCharges::of(&state.dra, namespace, pod);
+    for quota in quotas.into_iter().flat_map(|q| q.iter()) {
         if !scopes_select(&quota.scopes, pod) {
             continue;
         }
         let keys = || quota.hard.keys().map(String::as_str);
-        let mut usage = pod_usage(pod, keys());
-        // The devices of the claims made for the pod (DRA), and what it asks of an extended
-        // resource a DeviceClass stands for, which that class's device quota counts too.
-        let maps_resources = state
-            .dra
-            .device_classes
-            .values()
-            .any(|c| c.extended_resource_name.is_some());
-        if maps_resources || pod["spec"]["resourceClaims"].is_array() {
-            let requests = pod_resources(pod, "requests");
-            for (key, amount) in dra_usage(&state.dra, namespace, pod, &requests, keys()) {
-                *usage.entry(key).or_insert(0.0) += amount;
-            }
+        let mut usage = demand.usage(keys());
+        for (key, amount) in claims
+            .iter()
+            .flat_map(|c| c.usage(&demand.requests, keys()))
+        {
+            *usage.entry(key).or_insert(0.0) += amount;
         }
         for (key, amount) in usage {
             out.push(Charge {

@@ -89,29 +89,49 @@ pub fn pod_resources(pod: &Json, field: &str) -> Resources {
     total
 }
 
-/// What the pod will be charged for each of `keys` (quota `hard` keys), leaving out keys it
-/// does not use. `requests.X` and bare `X` are the pod's request of X, `limits.X` its limit,
-/// `pods` and `count/pods` count the pod itself. Other keys (services, storage, object counts)
-/// are not charged to pods.
-pub fn pod_usage<'a>(pod: &Json, keys: impl IntoIterator<Item = &'a str>) -> Resources {
-    let requests = pod_resources(pod, "requests");
-    let limits = pod_resources(pod, "limits");
-    let mut out = Resources::new();
-    for key in keys {
-        let value = match key {
-            "pods" | "count/pods" => 1.0,
-            k if k.starts_with("count/") => 0.0,
-            k => match k.split_once('.') {
-                Some(("requests", name)) => requests.get(name).copied().unwrap_or(0.0),
-                Some(("limits", name)) => limits.get(name).copied().unwrap_or(0.0),
-                _ => requests.get(k).copied().unwrap_or(0.0),
-            },
-        };
-        if value > 0.0 {
-            out.insert(key.to_string(), value);
+/// A pod's effective `requests` and `limits` per resource, worked out once for all the
+/// quotas of its namespace.
+#[derive(Debug, Clone, Default)]
+pub struct PodDemand {
+    pub requests: Resources,
+    pub limits: Resources,
+}
+
+impl PodDemand {
+    pub fn of(pod: &Json) -> PodDemand {
+        PodDemand {
+            requests: pod_resources(pod, "requests"),
+            limits: pod_resources(pod, "limits"),
         }
     }
-    out
+
+    /// What the pod will be charged for each of `keys` (quota `hard` keys), leaving out keys
+    /// it does not use. `requests.X` and bare `X` are the pod's request of X, `limits.X` its
+    /// limit, `pods` and `count/pods` count the pod itself. Other keys (services, storage,
+    /// object counts) are not charged to pods.
+    pub fn usage<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Resources {
+        let mut out = Resources::new();
+        for key in keys {
+            let value = match key {
+                "pods" | "count/pods" => 1.0,
+                k if k.starts_with("count/") => 0.0,
+                k => match k.split_once('.') {
+                    Some(("requests", name)) => self.requests.get(name).copied().unwrap_or(0.0),
+                    Some(("limits", name)) => self.limits.get(name).copied().unwrap_or(0.0),
+                    _ => self.requests.get(k).copied().unwrap_or(0.0),
+                },
+            };
+            if value > 0.0 {
+                out.insert(key.to_string(), value);
+            }
+        }
+        out
+    }
+}
+
+/// [`PodDemand::usage`] of `pod`.
+pub fn pod_usage<'a>(pod: &Json, keys: impl IntoIterator<Item = &'a str>) -> Resources {
+    PodDemand::of(pod).usage(keys)
 }
 
 /// BestEffort QoS: no container of any kind requests or limits CPU or memory.
