@@ -9,6 +9,7 @@
 package mlguard.policies.gpu_capacity
 
 import data.mlguard.lib.workload.creating
+import data.mlguard.lib.workload.device_class
 import data.mlguard.lib.workload.gang_need
 import data.mlguard.lib.workload.gpu_config
 import data.mlguard.lib.workload.is_gang
@@ -17,6 +18,7 @@ import data.mlguard.lib.workload.pod_gpu_resources
 import data.mlguard.lib.workload.qty
 import data.mlguard.lib.workload.subject
 import data.mlguard.lib.workload.all_mode_keys
+import data.mlguard.lib.workload.capacity_known
 import data.mlguard.lib.workload.capacity_origin
 import data.mlguard.lib.workload.is_device_key
 import data.mlguard.lib.workload.template_capacity_demand
@@ -77,6 +79,7 @@ findings contains msg if {
 	known
 	some ti, t in templates
 	some r, asked in template_capacity_demand[ti]
+	counted(r)
 	most := largest(ti, r)
 	most > 0
 	asked > most
@@ -92,6 +95,7 @@ findings contains msg if {
 	some ti, t in templates
 	some r, asked in template_capacity_demand[ti]
 	asked > 0
+	counted(r)
 	largest(ti, r) <= 0
 	msg := sprintf(
 		"%s asks for %v %s%s, but no schedulable node%s offers %s; it would stay Pending forever: ask for a GPU resource the cluster's nodes offer, or ask a cluster admin for nodes with %s",
@@ -128,10 +132,22 @@ findings contains msg if {
 	)
 }
 
+# Whether the nodes' figure of r is known: every extended resource (a node without it offers
+# none), and the devices of a DeviceClass whose selectors mlguard could evaluate on the
+# ResourceSlices. A class it could not evaluate has no figure, and is not checked here
+# (gpu_claims says so).
+counted(r) if not is_device_key(r)
+
+counted(r) if {
+	is_device_key(r)
+	capacity_known(device_class(r))
+}
+
 # Devices in allocationMode All are as many as a node has: a cluster total says nothing of them.
 countable_in_total(r) if not is_device_key(r)
 
 countable_in_total(r) if {
+	counted(r)
 	is_device_key(r)
 	count([ti | some ti, keys in all_mode_keys; r in keys]) == 0
 }

@@ -6,19 +6,25 @@
 #     in use by others or not: denied outside the namespaces gpu.dra.admin_access allows;
 #   - a pod (or a workload's pod template) that names a claim or template the cluster state
 #     does not hold yet: its devices cannot be counted, so it is warned (or denied, with
-#     gpu.dra.missing_claims: deny) instead of silently counted as none.
+#     gpu.dra.missing_claims: deny) instead of silently counted as none;
+#   - claims of a class whose device counts mlguard cannot tell (its selectors use what
+#     mlguard cannot evaluate) are warned that the node capacity was not checked;
+#   - claims and pod claims mlguard cannot read are denied, with the field named.
 # The pods' own device counts (quota, largest node, gangs, tolerations) are in the other
 # policies, through lib_dra.rego.
 package mlguard.policies.gpu_claims
 
 import data.mlguard.lib.workload.alternatives
 import data.mlguard.lib.workload.any_claim_field
-import data.mlguard.lib.workload.claim_spec_errors
 import data.mlguard.lib.workload.capacity_known
 import data.mlguard.lib.workload.claim_capacity
+import data.mlguard.lib.workload.claim_classes
 import data.mlguard.lib.workload.claim_requests
+import data.mlguard.lib.workload.claim_spec_errors
 import data.mlguard.lib.workload.class_largest
 import data.mlguard.lib.workload.creating
+import data.mlguard.lib.workload.device_class
+import data.mlguard.lib.workload.dra
 import data.mlguard.lib.workload.dra_config
 import data.mlguard.lib.workload.is_gpu_class
 import data.mlguard.lib.workload.kind
@@ -27,6 +33,7 @@ import data.mlguard.lib.workload.namespace
 import data.mlguard.lib.workload.obj
 import data.mlguard.lib.workload.pod_claim_errors
 import data.mlguard.lib.workload.subject
+import data.mlguard.lib.workload.template_claim_keys
 import data.mlguard.lib.workload.unsatisfiable_requests
 import data.mlguard.lib.workload.updating_workload
 import rego.v1
@@ -74,6 +81,33 @@ findings contains msg if {
 			req.name == name
 			some a in alternatives(req)
 		]))],
+	)
+}
+
+# --- Capacity mlguard cannot tell ----------------------------------------------------------
+
+# GPU classes the claims under review (or the pod's claims) take devices of.
+claimed_gpu_classes contains class if {
+	is_claim_kind
+	some class in claim_classes(claim_spec)
+	is_gpu_class(class)
+}
+
+claimed_gpu_classes contains device_class(key) if {
+	not is_claim_kind
+	some keys in template_claim_keys
+	some key in keys
+}
+
+# A class whose selectors mlguard cannot evaluate has no device counts: what its claims ask
+# of one node is not checked, and the user is told so rather than nothing.
+warn contains msg if {
+	applies
+	some class in claimed_gpu_classes
+	why := dra.unknown_capacity[class]
+	msg := sprintf(
+		"%s asks for devices of DeviceClass %s, whose devices per node mlguard cannot count (%s); whether a node can hold them is not checked",
+		[subject, class, why],
 	)
 }
 

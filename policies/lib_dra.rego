@@ -202,31 +202,30 @@ template_claims[ti] := [object.union(src, {"claim": ref.name, "spec": spec, "kno
 # GPU devices each new pod of template ti adds to its namespace's quota, by device key: the
 # claims made from its templates. A ResourceClaim the pods share was charged once, when it
 # was created, and adds nothing.
-template_claim_quota[ti] := {device_key(class): sum([n | some [c, n] in charges; c == class]) |
-	some [class, _] in charges
-} if {
+template_claim_quota[ti] := per_device_key([[class, n] |
+	some claim in template_claims[ti]
+	claim.known
+	not claim.shared
+	some class, n in claim_quota(claim.spec)
+	is_gpu_class(class)
+]) if {
 	some ti, _ in templates
-	charges := [[class, n] |
-		some claim in template_claims[ti]
-		claim.known
-		not claim.shared
-		some class, n in claim_quota(claim.spec)
-		is_gpu_class(class)
-	]
 }
 
 # GPU devices one pod of template ti needs on its node, by device key: all its claims,
 # shared ones too.
-template_claim_capacity[ti] := {device_key(class): sum([n | some [c, n] in asks; c == class]) |
-	some [class, _] in asks
-} if {
+template_claim_capacity[ti] := per_device_key([[class, n] |
+	some claim in template_claims[ti]
+	claim.known
+	some class, n in claim_capacity(claim.spec)
+	is_gpu_class(class)
+]) if {
 	some ti, _ in templates
-	asks := [[class, n] |
-		some claim in template_claims[ti]
-		claim.known
-		some class, n in claim_capacity(claim.spec)
-		is_gpu_class(class)
-	]
+}
+
+# [[class, n], ...] summed per class, by device key.
+per_device_key(pairs) := {device_key(class): sum([n | some [c, n] in pairs; c == class]) |
+	some [class, _] in pairs
 }
 
 # The device keys of the GPU classes any claim of template ti may take devices of.
@@ -287,14 +286,22 @@ origin_parts(ti, r) := array.concat(array.concat(claim_parts(ti, r), [all_mode_n
 
 claim_parts(ti, key) := [sprintf("through %s", [concat(", ", names)]) |
 	is_device_key(key)
-	names := sort({sprintf("%s %s", [claim.kind, claim.name]) |
-		some claim in template_claims[ti]
-		claim.known
-		not claim.shared
-		key in {device_key(class) | some class in claim_classes(claim.spec)}
-	})
+	names := claim_names(ti, key, false)
 	count(names) > 0
 ]
+
+# "ResourceClaimTemplate x", sorted, for the known claims of template ti that may take devices
+# of key: the claims made for each pod, and with shared_too the shared ones as well.
+claim_names(ti, key, shared_too) := sort({sprintf("%s %s", [claim.kind, claim.name]) |
+	some claim in template_claims[ti]
+	claim.known
+	counted_claim(claim, shared_too)
+	key in {device_key(class) | some class in claim_classes(claim.spec)}
+})
+
+counted_claim(_, true) := true
+
+counted_claim(claim, false) if not claim.shared
 
 key_in_all_mode(ti, key) if key in all_mode_keys[ti]
 
@@ -302,7 +309,6 @@ all_mode_note(ti, key) := sprintf("allocationMode All counts as %v devices, as t
 
 # The devices counted under the other name of the same GPUs.
 linked_parts(ti, r) := [sprintf("%v of them asked for as %s, which DeviceClass %s stands for", [n, e, device_class(r)]) |
-	is_device_key(r)
 	some e in linked_names(r)
 	n := demand(templates[ti].spec, e, "requests")
 	n > 0
@@ -316,11 +322,7 @@ linked_parts(ti, r) := [sprintf("%v of them through claims of DeviceClass %s, wh
 
 capacity_origin(ti, key) := concat("", [
 	" (through ",
-	concat(", ", sort({sprintf("%s %s", [claim.kind, claim.name]) |
-		some claim in template_claims[ti]
-		claim.known
-		key in {device_key(class) | some class in claim_classes(claim.spec)}
-	})),
+	concat(", ", claim_names(ti, key, true)),
 	all_mode_capacity_note(ti, key),
 	")",
 ]) if is_device_key(key)
